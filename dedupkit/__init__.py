@@ -1,0 +1,38 @@
+"""dedupkit: at most one pending RQ job per dedup key, decided atomically in Redis.
+
+    dedup = Deduplicator(Queue("email_processing", connection=redis))
+    adm = dedup.enqueue(user_id, process_user_emails, user_id)
+    if not adm.admitted:
+        print("already pending:", adm.status.to_dict())
+"""
+
+from .deduplicator import Deduplicator
+from .errors import (
+    DedupkitError,
+    InvalidKeyError,
+    InvalidRequestError,
+    JobIdCollisionError,
+    RedisUnavailableError,
+    ScriptError,
+)
+from .keys import Key, decode_key, encode_key, generate_job_id
+from .models import Admission, EnqueueRequest, JobState, SlotStatus
+
+__all__ = [
+    "Admission",
+    "Deduplicator",
+    "DedupkitError",
+    "EnqueueRequest",
+    "InvalidKeyError",
+    "InvalidRequestError",
+    "JobIdCollisionError",
+    "JobState",
+    "Key",
+    "RedisUnavailableError",
+    "ScriptError",
+    "SlotStatus",
+    "decode_key",
+    "encode_key",
+    "generate_job_id",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,293 @@
+"""The Deduplicator: at most one pending RQ job per dedup key, decided in one script call."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.job import Job, JobStatus
+from rq.utils import now as rq_now
+
+from . import scripts
+from .errors import DedupkitError, InvalidRequestError, JobIdCollisionError
+from .keys import Key, KeySpace, encode_key, generate_job_id, normalize_key, validate_prefix
+from .models import Admission, EnqueueRequest, SlotStatus
+
+logger = logging.getLogger("dedupkit")
+
+# RQ options dedupkit cannot honour, and why.
+_REFUSED = {
+    "job_id": "dedupkit makes the job ids (see generate_job_id)",
+    "depends_on": "jobs with dependencies are not supported",
+    "pipeline": "dedupkit writes the job in its own atomic script",
+    "unique": "dedupkit already admits at most one pending job per key",
+}
+
+
+class _Prepared:
+    """A request turned into the exact strings admit.lua writes."""
+
+    __slots__ = ("key", "field", "job", "mode", "run_at", "ttl", "pairs")
+
+    def __init__(self, key: str, field: str, job: Job, mode: str, run_at: str, ttl: int, pairs: list[Any]):
+        self.key, self.field, self.job, self.mode = key, field, job, mode
+        self.run_at, self.ttl, self.pairs = run_at, ttl, pairs
+
+
+def _flatten(job: Job) -> list[Any]:
+    """The job hash as HSET field/value pairs; enum values as their plain strings."""
+    pairs: list[Any] = []
+    for name, value in job.to_dict().items():
+        if isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, bool):
+            value = int(value)
+        pairs += (name, value)
+    return pairs
+
+
+def _run_at(at: datetime | timedelta) -> datetime:
+    if isinstance(at, timedelta):
+        if at < timedelta(0):
+            raise InvalidRequestError(f"delay must not be negative, got {at}")
+        return datetime.now(timezone.utc) + at
+    if isinstance(at, datetime):
+        return at  # naive = local time, as RQ reads it
+    raise InvalidRequestError(f"a run time must be a datetime or a timedelta, not {type(at).__name__}")
+
+
+class Deduplicator:
+    """Admit RQ jobs so that each dedup key has at most one pending job on a queue.
+
+    Pending means queued, scheduled, deferred or running. Every decision is one Lua
+    script call that checks the key's slot and writes the job together, so concurrent
+    callers cannot both get in. A conflict is an answer (``Admission.admitted`` False),
+    not an exception. Raises RedisUnavailableError when Redis cannot be reached.
+
+    ``due_margin``: seconds before a scheduled job's run time from which ``cancel``
+    leaves it alone, because RQ's scheduler may already be promoting it.
+    """
+
+    def __init__(self, queue: Queue, *, namespace: str = "dedupkit", job_id_prefix: str = "job",
+                 due_margin: float = 60.0, gc_budget: int = 2, gc_min_age: float = 60.0) -> None:
+        if not isinstance(queue, Queue):
+            raise InvalidRequestError(f"queue must be an rq.Queue, not {type(queue).__name__}")
+        self.queue = queue
+        self.connection = queue.connection
+        self.namespace = namespace
+        self.job_id_prefix = validate_prefix(job_id_prefix)
+        self.due_margin = float(due_margin)
+        self.gc_budget = int(gc_budget)
+        self.gc_min_age = float(gc_min_age)
+        self.keys = KeySpace.for_queue(queue, namespace)
+        self._scripts = scripts.Scripts(self.connection)
+
+    def __repr__(self) -> str:
+        return f"Deduplicator(queue={self.queue.name!r}, namespace={self.namespace!r})"
+
+    # -- admission -----------------------------------------------------------------
+
+    def enqueue(self, key: Key, func: Any, *args: Any, **kwargs: Any) -> Admission:
+        """Enqueue ``func(*args, **kwargs)`` for ``key`` now, unless a job for it is pending.
+
+        ``kwargs`` are read as ``Queue.enqueue`` reads them (job_timeout, result_ttl,
+        ttl, failure_ttl, description, meta, at_front, on_success/on_failure/on_stopped,
+        retry, repeat); ``job_id``, ``depends_on`` and ``pipeline`` are refused.
+        Raises InvalidKeyError, InvalidRequestError, JobIdCollisionError, ScriptError,
+        RedisUnavailableError.
+        """
+        return self._one(EnqueueRequest(key, func, args, kwargs))
+
+    def enqueue_at(self, when: datetime, key: Key, func: Any, *args: Any, **kwargs: Any) -> Admission:
+        """Schedule ``func`` for ``key`` at ``when`` (run by ``rq worker --with-scheduler``).
+
+        The job holds the slot from now on. A naive ``when`` is local time, as in RQ; a
+        past ``when`` runs at the scheduler's next pass.
+        """
+        if not isinstance(when, datetime):
+            raise InvalidRequestError(f"when must be a datetime, not {type(when).__name__}")
+        return self._one(EnqueueRequest(key, func, args, kwargs, at=when))
+
+    def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any, **kwargs: Any) -> Admission:
+        """Schedule ``func`` for ``key`` to run ``delta`` from now (delta >= 0)."""
+        if not isinstance(delta, timedelta):
+            raise InvalidRequestError(f"delta must be a timedelta, not {type(delta).__name__}")
+        return self._one(EnqueueRequest(key, func, args, kwargs, at=delta))
+
+    def enqueue_many(self, requests: Iterable[EnqueueRequest], *, batch_size: int = 500,
+                     raise_errors: bool = True) -> list[Admission]:
+        """Admit many requests, one script call (one round trip) per ``batch_size``.
+
+        Requests are decided in order; two for the same key in one call give one
+        admission and one conflict. With ``raise_errors`` (the default) a bad request
+        raises before anything is written; without it, its Admission carries the
+        ``error`` and the others go ahead. A job id collision never raises here: that
+        Admission carries a JobIdCollisionError. RedisUnavailableError and ScriptError
+        always raise; batches sent before the failure stay admitted.
+        """
+        if batch_size < 1:
+            raise InvalidRequestError("batch_size must be at least 1")
+        results: list[Admission | None] = []
+        prepared: list[tuple[int, _Prepared]] = []
+        for request in requests:
+            try:
+                prepared.append((len(results), self._prepare(request)))
+                results.append(None)
+            except DedupkitError as exc:
+                if raise_errors:
+                    raise
+                results.append(Admission(False, None, SlotStatus(_safe_key(request.key)), error=exc))
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start:start + batch_size]
+            for (index, _), admission in zip(chunk, self._admit([p for _, p in chunk])):
+                results[index] = admission
+        return [a for a in results if a is not None]
+
+    def _one(self, request: EnqueueRequest) -> Admission:
+        admission = self._admit([self._prepare(request)])[0]
+        if admission.error is not None:
+            raise admission.error
+        return admission
+
+    def _prepare(self, request: EnqueueRequest) -> _Prepared:
+        key = normalize_key(request.key)
+        field = encode_key(key)
+        if not isinstance(request.args, (tuple, list)):
+            raise InvalidRequestError(f"args must be a tuple, not {type(request.args).__name__}")
+        options = dict(request.kwargs)
+        for name, why in _REFUSED.items():
+            if options.get(name) not in (None, False):
+                raise InvalidRequestError(f"{name}= is not accepted: {why}")
+            options.pop(name, None)
+        try:
+            parsed = Queue.parse_args(request.func, *request.args, **options)
+        except (ValueError, AssertionError) as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        job_id = generate_job_id(key, prefix=self.job_id_prefix)
+        scheduled = request.at is not None
+        try:
+            job = self.queue.create_job(
+                parsed.func, args=parsed.args, kwargs=parsed.kwargs, timeout=parsed.timeout,
+                result_ttl=parsed.result_ttl, ttl=parsed.ttl, failure_ttl=parsed.failure_ttl,
+                description=parsed.description, job_id=job_id, meta=parsed.meta,
+                status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
+                retry=parsed.retry, repeat=parsed.repeat, on_success=parsed.on_success,
+                on_failure=parsed.on_failure, on_stopped=parsed.on_stopped, webhooks=parsed.webhooks,
+            )
+            job.origin = self.queue.name
+            if scheduled:
+                assert request.at is not None
+                run_at = _run_at(request.at)
+                if parsed.at_front:
+                    job.enqueue_at_front = True
+                mode, at_text = "schedule", str(int(run_at.timestamp()))
+            else:
+                job.enqueued_at = rq_now()
+                mode, at_text = ("front" if parsed.at_front else "back"), ""
+            pairs = _flatten(job)
+        except DedupkitError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"cannot build the RQ job for key {key!r}: {exc}") from exc
+        return _Prepared(key, field, job, mode, at_text, int(job.ttl or 0), pairs)
+
+    def _admit(self, batch: Sequence[_Prepared]) -> list[Admission]:
+        k = self.keys
+        keys = [k.slots, k.gc, k.stats, k.queue, k.queues, k.scheduled, k.started]
+        args: list[Any] = [k.job_prefix, k.executions_prefix, len(batch), self.gc_budget, self.gc_min_age]
+        for p in batch:
+            keys.append(k.job_key(p.job.id))
+            args += (p.field, p.job.id, p.mode, p.run_at, p.ttl, len(p.pairs) // 2, *p.pairs)
+        replies = self._scripts.call(scripts.ADMIT, keys, args)
+        return [self._admission(p, reply) for p, reply in zip(batch, replies)]
+
+    def _admission(self, p: _Prepared, reply: list[Any]) -> Admission:
+        decision = reply[0].decode()
+        job_id = reply[1].decode()
+        if decision == "collision":
+            logger.error("Job id %s for key %r already exists; nothing written", job_id, p.key)
+            return Admission(False, job_id, SlotStatus(p.key), error=JobIdCollisionError(job_id))
+        status = SlotStatus.from_reply(p.key, *reply[1:6])
+        if decision == "conflict":
+            logger.info("Key %r already has pending job %s (%s)", p.key, job_id, status.state and status.state.value)
+            return Admission(False, job_id, status)
+        recovered = reply[6].decode() or None
+        if recovered in ("dead", "gone"):
+            logger.warning("Key %r: took over the slot of a %s job (%s)", p.key,
+                           "dead" if recovered == "dead" else "vanished", recovered)
+        logger.debug("Key %r: admitted job %s (%s)", p.key, job_id, p.mode)
+        return Admission(True, job_id, status, job=p.job, recovered=recovered)
+
+    # -- reading -------------------------------------------------------------------
+
+    def status(self, key: Key) -> SlotStatus:
+        """What holds ``key``'s slot now: one read-only script call, O(1)."""
+        norm = normalize_key(key)
+        k = self.keys
+        reply = self._scripts.call(scripts.STATUS, [k.slots, k.scheduled, k.started],
+                                   [k.job_prefix, k.executions_prefix, encode_key(norm)])
+        if not reply:
+            return SlotStatus(norm)
+        return SlotStatus.from_reply(norm, *reply)
+
+    def is_running(self, key: Key) -> bool:
+        return self.status(key).has_running_job
+
+    def is_scheduled(self, key: Key) -> bool:
+        return self.status(key).has_scheduled_job
+
+    def is_queued(self, key: Key) -> bool:
+        return self.status(key).has_queued_job
+
+    def has_pending(self, key: Key) -> bool:
+        return self.status(key).pending
+
+    def stats(self) -> dict[str, int]:
+        """The decision counters of this queue (admitted, conflict, recovered, dead,
+        collision, cancelled, swept)."""
+        with scripts.redis_errors():
+            raw = self.connection.hgetall(self.keys.stats)
+        return {name.decode(): int(value) for name, value in raw.items()}
+
+    # -- cancelling ----------------------------------------------------------------
+
+    def cancel(self, key: Key, *, stop_running: bool = False) -> bool:
+        """Take ``key``'s queued, scheduled or deferred job out of RQ and free the slot.
+
+        Returns True when the job was cancelled (status 'canceled', slot free). A running
+        job is left alone (False) unless ``stop_running``: then RQ's own stop command is
+        sent, True is returned, and the slot frees when the worker has stopped the job.
+        False too when nothing is pending, when a worker has just dequeued the job, or
+        when a scheduled job is due within ``due_margin`` seconds (RQ's scheduler may be
+        promoting it; cancelling then could not stop it from running).
+        """
+        norm = normalize_key(key)
+        k = self.keys
+        reply = self._scripts.call(
+            scripts.CANCEL,
+            [k.slots, k.gc, k.stats, k.queue, k.scheduled, k.started, k.deferred, k.canceled],
+            [k.job_prefix, k.executions_prefix, encode_key(norm), self.due_margin],
+        )
+        outcome, job_id = reply[0].decode(), reply[1].decode()
+        if outcome == "cancelled":
+            logger.info("Key %r: cancelled job %s", norm, job_id)
+            return True
+        if outcome == "running" and stop_running:
+            with scripts.redis_errors():
+                send_stop_job_command(self.connection, job_id)
+            logger.info("Key %r: sent RQ's stop command to running job %s", norm, job_id)
+            return True
+        logger.info("Key %r: not cancelled (%s%s)", norm, outcome, f", job {job_id}" if job_id else "")
+        return False
+
+
+def _safe_key(key: object) -> str:
+    try:
+        return normalize_key(key)
+    except DedupkitError:
+        return repr(key)

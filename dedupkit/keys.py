@@ -1,0 +1,145 @@
+"""Every name dedupkit uses in Redis, and the encoding of dedup keys into job ids.
+
+This is the one place keys are named: the Lua scripts receive every key (or, for
+keys derived from a holder's job id, RQ's own prefix) from here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Union
+
+from rq import Queue
+from rq.executions import ExecutionRegistry
+
+from .errors import InvalidKeyError, InvalidRequestError
+
+Key = Union[str, int]
+"""A dedup key: a non-empty str (at most 512 UTF-8 bytes) or an int; 123 == "123"."""
+
+MAX_KEY_BYTES = 512
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+")
+_ENCODED_RE = re.compile(r"(?:[A-Za-z0-9]|-[0-9a-f]{2})+")
+
+
+def normalize_key(key: object) -> str:
+    """Return the canonical text of a dedup key, or raise InvalidKeyError.
+
+    ints (not bools) become their decimal text, so 123 and "123" are one key.
+    """
+    if key is None:
+        raise InvalidKeyError(key, "key is None")
+    if isinstance(key, bool):
+        raise InvalidKeyError(key, "bool is not a key (use an int or a str)")
+    if isinstance(key, int):
+        return str(key)
+    if not isinstance(key, str):
+        raise InvalidKeyError(key, f"type {type(key).__name__} is not a key (use an int or a str)")
+    if key == "":
+        raise InvalidKeyError(key, "key is empty")
+    if key.strip() == "":
+        raise InvalidKeyError(key, "key is only whitespace")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKeyError(key, "key is not valid Unicode (lone surrogate)") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(key, f"key is {size} bytes in UTF-8, over the {MAX_KEY_BYTES}-byte limit")
+    return key
+
+
+def encode_key(key: object) -> str:
+    """Encode a dedup key into ``[A-Za-z0-9-]+``, injectively.
+
+    ASCII letters and digits stay as they are; every other UTF-8 byte becomes
+    ``-xx`` (lower-case hex). No ``_`` can appear, so the encoded key is a
+    self-delimiting part of a job id, and distinct keys never share an encoding
+    ("a_b" -> "a-5fb", "a/b" -> "a-2fb", "a:b" -> "a-3ab").
+    """
+    raw = normalize_key(key).encode("utf-8")
+    return "".join(chr(b) if b in _SAFE else f"-{b:02x}" for b in raw)
+
+
+def decode_key(encoded: str) -> str:
+    """Invert encode_key (for operators reading slots)."""
+    if not _ENCODED_RE.fullmatch(encoded):
+        raise ValueError(f"{encoded!r} is not an encoded dedup key")
+    out = bytearray()
+    i = 0
+    while i < len(encoded):
+        if encoded[i] == "-":
+            out.append(int(encoded[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(encoded[i]))
+            i += 1
+    return out.decode("utf-8")
+
+
+def validate_prefix(prefix: str) -> str:
+    """Check a job id prefix is usable in an RQ job id."""
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise InvalidRequestError(f"job id prefix {prefix!r} must match [A-Za-z0-9_-]+")
+    return prefix
+
+
+def generate_job_id(key: Key, timestamp: float | datetime | None = None, *, prefix: str = "job") -> str:
+    """Return ``<prefix>_<encoded key>_<microseconds since the epoch>``.
+
+    Deterministic from (prefix, key, timestamp); ``timestamp`` defaults to now.
+    Always a valid RQ job id, and never the same for two different keys.
+    """
+    validate_prefix(prefix)
+    if timestamp is None:
+        micros = time.time_ns() // 1000
+    elif isinstance(timestamp, datetime):
+        micros = round(timestamp.timestamp() * 1_000_000)
+    elif isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
+        micros = round(timestamp * 1_000_000)
+    else:
+        raise InvalidRequestError(f"timestamp must be a number, a datetime or None, not {type(timestamp).__name__}")
+    if micros < 0:
+        raise InvalidRequestError("timestamp must not be before 1970")
+    return f"{prefix}_{encode_key(key)}_{micros}"
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """The Redis keys of one queue, taken from RQ's own objects at run time."""
+
+    slots: str  # hash: encoded dedup key -> holder job id
+    gc: str  # zset: encoded dedup key -> when its slot was last checked (Redis time)
+    stats: str  # hash: decision -> count
+    queue: str  # RQ queue list
+    queues: str  # RQ set of queue keys
+    scheduled: str  # RQ ScheduledJobRegistry
+    started: str  # RQ StartedJobRegistry (rq:wip:<q>)
+    deferred: str  # RQ DeferredJobRegistry
+    canceled: str  # RQ CanceledJobRegistry
+    job_prefix: str  # RQ job hash prefix, "rq:job:"
+    executions_prefix: str  # RQ per-job executions zset prefix, "rq:executions:"
+
+    @classmethod
+    def for_queue(cls, queue: Queue, namespace: str) -> KeySpace:
+        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in " {}\n"):
+            raise InvalidRequestError(f"namespace {namespace!r} must be a non-empty string without spaces or braces")
+        return cls(
+            slots=f"{namespace}:slots:{queue.name}",
+            gc=f"{namespace}:gc:{queue.name}",
+            stats=f"{namespace}:stats:{queue.name}",
+            queue=queue.key,
+            queues=queue.redis_queues_keys,
+            scheduled=queue.scheduled_job_registry.key,
+            started=queue.started_job_registry.key,
+            deferred=queue.deferred_job_registry.key,
+            canceled=queue.canceled_job_registry.key,
+            job_prefix=queue.job_class.redis_job_namespace_prefix,
+            executions_prefix=ExecutionRegistry.key_template.format(""),
+        )
+
+    def job_key(self, job_id: str) -> str:
+        return self.job_prefix + job_id

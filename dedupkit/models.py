@@ -1,0 +1,148 @@
+"""Value objects returned by the Deduplicator: JobState, SlotStatus, Admission, EnqueueRequest."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from rq.utils import utcparse
+
+if TYPE_CHECKING:
+    from rq.job import Job
+
+    from .keys import Key
+
+
+class JobState(str, enum.Enum):
+    """What the job holding a slot is doing. A free slot has no state (None)."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    DEFERRED = "deferred"
+    RUNNING = "running"
+
+    @classmethod
+    def from_rq(cls, rq_status: str) -> JobState:
+        """Map an RQ status string of a pending job ('started' is RUNNING)."""
+        return cls.RUNNING if rq_status == "started" else cls(rq_status)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _rq_time(value: bytes | str) -> datetime | None:
+    text = _text(value)
+    return utcparse(text) if text else None
+
+
+def _epoch(value: bytes | str) -> datetime | None:
+    text = _text(value)
+    return datetime.fromtimestamp(float(text), tz=timezone.utc) if text else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    """The state of one dedup key's slot, as one status script call saw it."""
+
+    key: str
+    job_id: str | None = None
+    state: JobState | None = None
+    scheduled_for: datetime | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.state is not None
+
+    @property
+    def has_running_job(self) -> bool:
+        return self.state is JobState.RUNNING
+
+    @property
+    def has_scheduled_job(self) -> bool:
+        return self.state is JobState.SCHEDULED
+
+    @property
+    def has_queued_job(self) -> bool:
+        return self.state is JobState.QUEUED
+
+    @property
+    def has_deferred_job(self) -> bool:
+        return self.state is JobState.DEFERRED
+
+    @classmethod
+    def from_reply(cls, key: str, job_id: bytes | str, rq_status: bytes | str, enqueued_at: bytes | str,
+                   started_at: bytes | str, scheduled_for: bytes | str) -> SlotStatus:
+        """Build from the fields the scripts return (see the .lua headers)."""
+        return cls(
+            key=key,
+            job_id=_text(job_id),
+            state=JobState.from_rq(_text(rq_status)),
+            scheduled_for=_epoch(scheduled_for),
+            enqueued_at=_rq_time(enqueued_at),
+            started_at=_rq_time(started_at),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: the booleans, job_id, state and ISO-8601 timestamps."""
+        return {
+            "key": self.key,
+            "job_id": self.job_id,
+            "state": self.state.value if self.state else None,
+            "pending": self.pending,
+            "has_running_job": self.has_running_job,
+            "has_scheduled_job": self.has_scheduled_job,
+            "has_queued_job": self.has_queued_job,
+            "has_deferred_job": self.has_deferred_job,
+            "scheduled_for": _iso(self.scheduled_for),
+            "enqueued_at": _iso(self.enqueued_at),
+            "started_at": _iso(self.started_at),
+        }
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer to one enqueue request.
+
+    ``admitted`` is True when a new job was written; then ``job_id``/``job`` are the new
+    job. On a conflict ``admitted`` is False, ``job_id`` names the pending holder,
+    ``job`` is None and ``status`` says what the holder is doing. ``recovered`` names why
+    a previous holder was stale when its slot was taken over ('gone', 'ended', 'dead'),
+    else None. ``error`` is set only by ``enqueue_many(..., raise_errors=False)``.
+    """
+
+    admitted: bool
+    job_id: str | None
+    status: SlotStatus
+    job: Job | None = None
+    recovered: str | None = None
+    error: Exception | None = None
+
+    @property
+    def conflict(self) -> bool:
+        return not self.admitted and self.error is None
+
+
+@dataclass(frozen=True)
+class EnqueueRequest:
+    """One request for ``Deduplicator.enqueue_many``.
+
+    ``kwargs`` are read as ``rq.Queue.enqueue`` reads them: RQ's options (job_timeout,
+    result_ttl, meta, at_front, ...) are taken out, the rest go to ``func``. ``at`` is
+    None for an immediate job, a datetime to schedule at, or a timedelta from now.
+    """
+
+    key: Key
+    func: Any
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    at: datetime | timedelta | None = None

@@ -1,0 +1,76 @@
+"""Loading the Lua scripts and calling them with typed errors.
+
+Each script is ``lua/_common.lua`` followed by ``lua/<name>.lua``, registered with
+redis-py's ``register_script``: calls go out as EVALSHA, and a NOSCRIPT answer (after
+``SCRIPT FLUSH`` or a Redis restart) makes redis-py load the script and retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from .errors import RedisUnavailableError, ScriptError
+
+
+@dataclass(frozen=True)
+class ScriptSpec:
+    """How Python calls a script: the fixed KEYS/ARGV counts, and whether more follow."""
+
+    name: str
+    keys: int
+    argv: int
+    variadic: bool = False
+
+
+ADMIT = ScriptSpec("admit.lua", keys=7, argv=5, variadic=True)
+STATUS = ScriptSpec("status.lua", keys=3, argv=3)
+CANCEL = ScriptSpec("cancel.lua", keys=8, argv=4)
+SPECS = (ADMIT, STATUS, CANCEL)
+
+
+@cache
+def source(name: str) -> str:
+    """The text of one .lua file shipped in the package."""
+    return (resources.files("dedupkit") / "lua" / name).read_text(encoding="utf-8")
+
+
+def full_source(spec: ScriptSpec) -> str:
+    """The script as sent to Redis: the shared helpers, then the operation."""
+    return source("_common.lua") + "\n" + source(spec.name)
+
+
+class Scripts:
+    """The registered scripts of one Redis connection."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.connection = connection
+        self._scripts: dict[str, Script] = {
+            spec.name: connection.register_script(full_source(spec)) for spec in SPECS
+        }
+
+    def call(self, spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script (one EVALSHA; EVAL once more after NOSCRIPT)."""
+        if len(keys) < spec.keys or (not spec.variadic and len(keys) != spec.keys):
+            raise AssertionError(f"{spec.name}: {len(keys)} keys")
+        with redis_errors():
+            try:
+                return self._scripts[spec.name](keys=list(keys), args=list(args))
+            except redis.exceptions.ResponseError as exc:
+                raise ScriptError(spec.name, exc) from exc
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn redis-py's connection errors and timeouts into RedisUnavailableError."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise RedisUnavailableError(exc) from exc
