@@ -58,8 +58,9 @@ class Scripts:
 
     def call(self, spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script (one EVALSHA; EVAL once more after NOSCRIPT)."""
-        if len(keys) < spec.keys or (not spec.variadic and len(keys) != spec.keys):
-            raise AssertionError(f"{spec.name}: {len(keys)} keys")
+        for what, have, fixed in (("KEYS", len(keys), spec.keys), ("ARGV", len(args), spec.argv)):
+            if have < fixed or (not spec.variadic and have != fixed):
+                raise AssertionError(f"{spec.name} takes {fixed} {what}, called with {have}")
         with redis_errors():
             try:
                 return self._scripts[spec.name](keys=list(keys), args=list(args))

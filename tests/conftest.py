@@ -1,0 +1,103 @@
+"""Fixtures: fakeredis (the fast path) and a real redis-server (the truth), real rq workers.
+
+Set DEDUPKIT_REQUIRE_REAL=1 (the README's test command does) to turn a missing
+redis-server into a failure, and any skipped real-Redis test into a failed run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import fakeredis
+import pytest
+import redis
+from rq import Queue
+
+from dedupkit import Deduplicator
+
+from .support import RedisServer, RQWorker
+
+REQUIRE_REAL = os.environ.get("DEDUPKIT_REQUIRE_REAL") == "1"
+_skipped_real: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "real" in report.keywords:
+        _skipped_real.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if REQUIRE_REAL and _skipped_real:
+        print(f"\nDEDUPKIT_REQUIRE_REAL=1 but {len(_skipped_real)} real-Redis tests were skipped:")
+        for nodeid in _skipped_real[:20]:
+            print("  ", nodeid)
+        session.exitstatus = 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "real_server" in getattr(item, "fixturenames", ()) or "[real]" in item.nodeid:
+            item.add_marker(pytest.mark.real)
+
+
+@pytest.fixture(scope="session")
+def real_server() -> Iterator[RedisServer]:
+    try:
+        server = RedisServer()
+    except FileNotFoundError as exc:
+        if REQUIRE_REAL:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+def _clean(conn: redis.Redis) -> redis.Redis:
+    conn.flushall()
+    conn.script_flush()  # so every test exercises the NOSCRIPT -> load path
+    return conn
+
+
+@pytest.fixture
+def real_redis(real_server: RedisServer) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(real_server.url)
+    yield _clean(conn)
+    conn.close()
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[redis.Redis]:
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    yield _clean(conn)
+    conn.close()
+
+
+@pytest.fixture(params=["fake", "real"])
+def conn(request: pytest.FixtureRequest) -> redis.Redis:
+    name = "fake_redis" if request.param == "fake" else "real_redis"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def queue(conn: redis.Redis) -> Queue:
+    return Queue("test", connection=conn)
+
+
+@pytest.fixture
+def dedup(queue: Queue) -> Deduplicator:
+    return Deduplicator(queue)
+
+
+@pytest.fixture
+def workers(real_server: RedisServer) -> Iterator[Callable[..., RQWorker]]:
+    started: list[RQWorker] = []
+
+    def start(queue: str = "test", **kwargs: object) -> RQWorker:
+        worker = RQWorker(real_server.url, queue, **kwargs)  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,38 @@
+"""Put jobs into the states RQ's worker puts them in, with RQ's own code where it exists."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+
+
+def start(conn: redis.Redis, queue: Queue, job_id: str, lease: float | None = 30.0) -> Execution:
+    """What a worker does when it takes a job: dequeue, create the execution, mark started.
+
+    ``lease`` seconds from now is the execution's score in rq:wip (its heartbeat lease);
+    negative means already expired, None means RQ's '+inf' (no timeout).
+    """
+    job = Job.fetch(job_id, connection=conn)
+    conn.lrem(queue.key, 1, job_id)
+    with conn.pipeline() as pipe:
+        execution = Execution.create(job, ttl=-1 if lease is None else 60, pipeline=pipe, worker_name="test-worker")
+        job.prepare_for_execution("test-worker", pipe)
+        pipe.execute()
+    if lease is not None:
+        conn.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() + lease})
+    return execution
+
+
+def heartbeat(conn: redis.Redis, queue: Queue, execution: Execution, lease: float) -> None:
+    conn.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() + lease}, xx=True)
+
+
+def run_all(queue: Queue) -> None:
+    """Run every queued job to its end in this process with RQ's SimpleWorker."""
+    from rq import SimpleWorker
+
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)

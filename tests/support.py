@@ -1,0 +1,133 @@
+"""Real processes for the tests: a redis-server on a free loopback port, rq workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+RQ_BIN = str(Path(sys.executable).with_name("rq"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """A throwaway redis-server: its own temp dir, loopback only, no persistence by default."""
+
+    def __init__(self, *extra: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed (the README's test command installs it)")
+        self.binary = binary
+        self.extra = extra
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="dedupkit-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                "--save", "", "--appendonly", "no", "--protected-mode", "yes", *self.extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            wait_for(lambda: _pings(client), 10, what=f"redis-server on port {self.port}")
+        finally:
+            client.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+
+
+class RQWorker:
+    """A real ``rq worker`` process (forking Worker unless told otherwise)."""
+
+    def __init__(self, url: str, queue: str, *, scheduler: bool = False, worker_class: str | None = None,
+                 monitoring_interval: int | None = None, burst: bool = False, name: str | None = None) -> None:
+        args = [RQ_BIN, "worker", "-u", url, "--path", str(ROOT), "--maintenance-interval", "600"]
+        if scheduler:
+            args.append("--with-scheduler")
+        if worker_class:
+            args += ["-w", worker_class]
+        if monitoring_interval:
+            args += ["--job-monitoring-interval", str(monitoring_interval)]
+        if burst:
+            args.append("--burst")
+        if name:
+            args += ["-n", name]
+        args.append(queue)
+        self.log = tempfile.NamedTemporaryFile(prefix="rq-worker-", suffix=".log", delete=False)  # noqa: SIM115
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # Own process group: a SIGKILL of the group takes the work-horse with it.
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def kill_all(self) -> None:
+        """SIGKILL the worker and its work-horse at once (a host or container dying)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def horse_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
