@@ -20,8 +20,8 @@ from .models import Admission, EnqueueRequest, JobState, SlotStatus
 
 __all__ = [
     "Admission",
-    "Deduplicator",
     "DedupkitError",
+    "Deduplicator",
     "EnqueueRequest",
     "InvalidKeyError",
     "InvalidRequestError",

@@ -32,7 +32,7 @@ _REFUSED = {
 class _Prepared:
     """A request turned into the exact strings admit.lua writes."""
 
-    __slots__ = ("key", "field", "job", "mode", "run_at", "ttl", "pairs")
+    __slots__ = ("field", "job", "key", "mode", "pairs", "run_at", "ttl")
 
     def __init__(self, key: str, field: str, job: Job, mode: str, run_at: str, ttl: int, pairs: list[Any]):
         self.key, self.field, self.job, self.mode = key, field, job, mode
@@ -144,7 +144,7 @@ class Deduplicator:
                 results.append(Admission(False, None, SlotStatus(_safe_key(request.key)), error=exc))
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start:start + batch_size]
-            for (index, _), admission in zip(chunk, self._admit([p for _, p in chunk])):
+            for (index, _), admission in zip(chunk, self._admit([p for _, p in chunk]), strict=True):
                 results[index] = admission
         return [a for a in results if a is not None]
 
@@ -204,7 +204,7 @@ class Deduplicator:
             keys.append(k.job_key(p.job.id))
             args += (p.field, p.job.id, p.mode, p.run_at, p.ttl, len(p.pairs) // 2, *p.pairs)
         replies = self._scripts.call(scripts.ADMIT, keys, args)
-        return [self._admission(p, reply) for p, reply in zip(batch, replies)]
+        return [self._admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
 
     def _admission(self, p: _Prepared, reply: list[Any]) -> Admission:
         decision = reply[0].decode()
@@ -251,7 +251,7 @@ class Deduplicator:
         """The decision counters of this queue (admitted, conflict, recovered, dead,
         collision, cancelled, swept)."""
         with scripts.redis_errors():
-            raw = self.connection.hgetall(self.keys.stats)
+            raw: dict[bytes, bytes] = self.connection.hgetall(self.keys.stats)  # type: ignore[assignment]
         return {name.decode(): int(value) for name, value in raw.items()}
 
     # -- cancelling ----------------------------------------------------------------

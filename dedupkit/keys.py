@@ -10,14 +10,14 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Union
+from typing import TypeAlias
 
 from rq import Queue
 from rq.executions import ExecutionRegistry
 
 from .errors import InvalidKeyError, InvalidRequestError
 
-Key = Union[str, int]
+Key: TypeAlias = str | int
 """A dedup key: a non-empty str (at most 512 UTF-8 bytes) or an int; 123 == "123"."""
 
 MAX_KEY_BYTES = 512

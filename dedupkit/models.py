@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .keys import Key
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """What the job holding a slot is doing. A free slot has no state (None)."""
 
     QUEUED = "queued"

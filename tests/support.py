@@ -101,7 +101,7 @@ class RQWorker:
         if name:
             args += ["-n", name]
         args.append(queue)
-        self.log = tempfile.NamedTemporaryFile(prefix="rq-worker-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log = tempfile.NamedTemporaryFile(prefix="rq-worker-", suffix=".log", delete=False)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         # Own process group: a SIGKILL of the group takes the work-horse with it.
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,

@@ -192,7 +192,8 @@ def test_enqueue_many_one_call_per_batch(dedup: Deduplicator, queue: Queue, monk
 
 
 def test_enqueue_many_bad_request(dedup: Deduplicator, queue: Queue) -> None:
-    requests = [EnqueueRequest("ok", TASK), EnqueueRequest("", TASK), EnqueueRequest("ok2", TASK, kwargs={"job_id": "x"})]
+    requests = [EnqueueRequest("ok", TASK), EnqueueRequest("", TASK),
+                EnqueueRequest("ok2", TASK, kwargs={"job_id": "x"})]
     with pytest.raises(InvalidKeyError):
         dedup.enqueue_many(requests)
     assert queue.connection.llen(queue.key) == 0, "nothing written when a request is bad"

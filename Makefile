@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test demo lint install system-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	./scripts/ensure-system-deps.sh
+
+lint: install
+	$(PY) -m ruff check dedupkit tests examples benchmarks
+	$(PY) -m mypy
+
+# All tests: unit (fakeredis), real redis-server + real rq workers, browser. A skipped
+# real-Redis test fails the run (DEDUPKIT_REQUIRE_REAL=1).
+test: install system-deps lint
+	DEDUPKIT_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m examples.flask_app.demo
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
