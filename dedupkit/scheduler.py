@@ -1,0 +1,384 @@
+"""Periodic per-key scheduling on top of Deduplicator.
+
+Every ``interval`` seconds the Scheduler reads schedule entries (key, next run time,
+function, args/kwargs) from a source the application supplies, and admits the ones due
+before the next tick with ``Deduplicator.enqueue_many``: one script call per batch, never
+one round trip per key. Overdue entries are enqueued now, the others scheduled at their
+run time (``rq worker --with-scheduler`` runs them). A key whose job is still pending is
+skipped, and the skip is logged with the holder's status.
+
+    def entries():
+        for user in users_with_automation_enabled():
+            yield ScheduleEntry(user.id, user.next_run, "app.tasks.process", (user.id,))
+
+    Scheduler(Deduplicator(queue), entries, interval=60).run()
+
+Several replicas may run at once. Admission is atomic, so the one-job-per-key guarantee
+never depends on which replica ticks; a Redis lease only keeps the replicas from all
+doing the full work. One replica leads; if it dies its lease expires and another takes
+over within one interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from types import FrameType
+from typing import Any
+
+import redis
+
+from .deduplicator import Deduplicator
+from .errors import RedisUnavailableError, ScriptError
+from .keys import Key
+from .models import Admission, EnqueueRequest, SlotStatus
+
+logger = logging.getLogger("dedupkit.scheduler")
+
+# Renew the lease only if this replica still holds it. KEYS[1] lease key; ARGV[1] this
+# replica's token; ARGV[2] lease length in ms. Reply: 1 renewed, 0 not ours.
+_RENEW_LUA = """
+local lease_key, token, ttl_ms = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('GET', lease_key) == token then
+  redis.call('PEXPIRE', lease_key, ttl_ms)
+  return 1
+end
+return 0
+"""
+
+# Give the lease up only if this replica holds it. KEYS[1] lease key; ARGV[1] token.
+# Reply: 1 released, 0 not ours.
+_RELEASE_LUA = """
+local lease_key, token = KEYS[1], ARGV[1]
+if redis.call('GET', lease_key) == token then
+  return redis.call('DEL', lease_key)
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One key's next run, as the application's source yields it.
+
+    ``next_run`` None or in the past means overdue: enqueue now. A naive datetime is
+    local time (as in RQ). ``kwargs`` are read as ``rq.Queue.enqueue`` reads them
+    (job_timeout, result_ttl, meta, ... are RQ's; the rest go to ``func``).
+    """
+
+    key: Key
+    next_run: datetime | None
+    func: Any
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TickResult:
+    """What one tick did. ``aborted`` names why it stopped early, else None."""
+
+    entries: int = 0
+    admitted: int = 0
+    skipped: int = 0
+    not_due: int = 0
+    errors: int = 0
+    batches: int = 0
+    duration: float = 0.0
+    aborted: str | None = None
+    admissions: list[tuple[Key, Admission]] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.aborted is None
+
+
+EntrySource = Callable[[], Iterable[ScheduleEntry]]
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.astimezone()
+
+
+def _fmt(when: datetime) -> str:
+    return _aware(when).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class Scheduler:
+    """Admit each key's next run every ``interval`` seconds; see the module docstring.
+
+    ``source``: called once per tick; returns an iterable of ScheduleEntry (it may be a
+    generator: entries are read lazily, ``batch_size`` at a time).
+    ``horizon``: seconds ahead; entries due later are left for a later tick, so a slot is
+    not held for hours by a far-off run. Defaults to ``interval``.
+    ``subject``: the word used for a key in the log ("user": "... for user 123 ...").
+    ``leader_lease``: elect one ticking replica through a Redis lease (default True).
+    ``lease_ttl``: lease length in seconds, default ``interval / 2`` (at least 1 s); the
+    lease is renewed every ``lease_ttl / 3`` and between batches.
+    """
+
+    def __init__(self, dedup: Deduplicator, source: EntrySource, *, interval: float = 60.0,
+                 batch_size: int = 500, horizon: float | None = None, subject: str = "user",
+                 name: str = "default", leader_lease: bool = True, lease_ttl: float | None = None,
+                 log: logging.Logger | None = None) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.dedup = dedup
+        self.source = source
+        self.interval = float(interval)
+        self.batch_size = batch_size
+        self._horizon = horizon
+        self.subject = subject
+        self.name = name
+        self.leader_lease = leader_lease
+        self._lease_ttl = lease_ttl
+        self.log = log or logger
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.lease_key = f"{dedup.namespace}:scheduler:{dedup.queue.name}:{name}:leader"
+        self._stop = threading.Event()
+        self._leading = False
+        self._renew = dedup.connection.register_script(_RENEW_LUA)
+        self._release = dedup.connection.register_script(_RELEASE_LUA)
+
+    def __repr__(self) -> str:
+        return f"Scheduler({self.dedup!r}, interval={self.interval}, name={self.name!r})"
+
+    @property
+    def horizon(self) -> float:
+        return self.interval if self._horizon is None else float(self._horizon)
+
+    @property
+    def lease_ttl(self) -> float:
+        return max(1.0, self.interval / 2) if self._lease_ttl is None else float(self._lease_ttl)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask ``run`` to return after the current batch. Safe from any thread or signal handler."""
+        self._stop.set()
+
+    # -- one tick ------------------------------------------------------------------
+
+    def tick(self) -> TickResult:
+        """Read the source once and admit every entry due within the horizon.
+
+        Never raises for one bad entry, a script error or Redis going away: that is
+        logged and counted (``errors``) or ends the tick early (``aborted``).
+        """
+        started = time.monotonic()
+        result = TickResult()
+        try:
+            self._tick(result)
+        except RedisUnavailableError as exc:
+            result.aborted = "redis unavailable"
+            self.log.error("Redis is unavailable; tick abandoned, retrying in %.0f s: %s", self.interval, exc)
+        except Exception as exc:  # the application's source failed; the next tick retries
+            result.aborted = "source failed"
+            self.log.exception("Reading the schedule entries failed; tick abandoned: %s", exc)
+        result.duration = time.monotonic() - started
+        self.log.info(
+            "Scheduler tick: %d entries, %d admitted, %d skipped (pending), %d not due, %d errors, "
+            "%d batches in %.3f s%s", result.entries, result.admitted, result.skipped, result.not_due,
+            result.errors, result.batches, result.duration, f" (aborted: {result.aborted})" if result.aborted else "")
+        return result
+
+    def _tick(self, result: TickResult) -> None:
+        for batch in self._batches(result):
+            if self._stop.is_set():
+                result.aborted = "stopping"
+                return
+            if result.batches and not self._keep_lease():
+                result.aborted = "lost the leader lease"
+                self.log.warning("Lost the scheduler lease %s mid-tick; another replica leads", self.lease_key)
+                return
+            self._admit(batch, result)
+            result.batches += 1
+
+    def _batches(self, result: TickResult) -> Iterator[list[tuple[EnqueueRequest, datetime | None]]]:
+        now = datetime.now(timezone.utc)
+        limit = now + timedelta(seconds=self.horizon)
+        batch: list[tuple[EnqueueRequest, datetime | None]] = []
+        for entry in self.source():
+            result.entries += 1
+            try:
+                request, when = self._request(entry, now, limit)
+            except (TypeError, ValueError, AttributeError) as exc:
+                result.errors += 1
+                self.log.error("Skipping a bad schedule entry %r: %s", entry, exc)
+                continue
+            if request is None:
+                result.not_due += 1
+                continue
+            batch.append((request, when))
+            if len(batch) >= self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _request(self, entry: ScheduleEntry, now: datetime,
+                 limit: datetime) -> tuple[EnqueueRequest | None, datetime | None]:
+        if not isinstance(entry, ScheduleEntry):
+            raise TypeError(f"expected a ScheduleEntry, got {type(entry).__name__}")
+        when = entry.next_run
+        if when is not None and not isinstance(when, datetime):
+            raise TypeError(f"next_run must be a datetime or None, not {type(when).__name__}")
+        if when is not None and _aware(when) > limit:
+            return None, None
+        at = when if when is not None and _aware(when) > now else None
+        return EnqueueRequest(entry.key, entry.func, tuple(entry.args), dict(entry.kwargs), at=at), at
+
+    def _admit(self, batch: list[tuple[EnqueueRequest, datetime | None]], result: TickResult) -> None:
+        requests = [r for r, _ in batch]
+        try:
+            admissions = self.dedup.enqueue_many(requests, batch_size=len(requests), raise_errors=False)
+        except ScriptError as exc:
+            # One script call decides the whole batch; retry key by key so one bad
+            # request costs only itself.
+            self.log.error("A batch of %d failed (%s); retrying it one key at a time", len(requests), exc)
+            admissions = [self._admit_one(r) for r in requests]
+        for (request, at), admission in zip(batch, admissions, strict=True):
+            self._record(request, at, admission, result)
+
+    def _admit_one(self, request: EnqueueRequest) -> Admission:
+        try:
+            return self.dedup.enqueue_many([request], raise_errors=False)[0]
+        except ScriptError as exc:
+            return Admission(False, None, SlotStatus(str(request.key)), error=exc)
+
+    def _record(self, request: EnqueueRequest, at: datetime | None, admission: Admission,
+                result: TickResult) -> None:
+        result.admissions.append((request.key, admission))
+        who = f"{self.subject} {request.key}"
+        if admission.error is not None:
+            result.errors += 1
+            self.log.error("Could not schedule job for %s: %s", who, admission.error)
+        elif admission.admitted:
+            result.admitted += 1
+            if at is None:
+                self.log.info("Scheduled job %s for %s at %s (due: queued now)", admission.job_id, who,
+                              _fmt(datetime.now(timezone.utc)))
+            else:
+                self.log.info("Scheduled job %s for %s at %s", admission.job_id, who, _fmt(at))
+        else:
+            result.skipped += 1
+            self.log.info("Skipping job scheduling for %s - job already pending: %s", who,
+                          admission.status.to_dict())
+
+    # -- leader lease --------------------------------------------------------------
+
+    def acquire_lease(self) -> bool:
+        """Take or renew the leader lease; True while this replica leads.
+
+        Raises RedisUnavailableError when Redis cannot be reached.
+        """
+        ttl_ms = int(self.lease_ttl * 1000)
+        conn = self.dedup.connection
+        try:
+            if self._leading and self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]) == 1:
+                return True
+            leading = bool(conn.set(self.lease_key, self.token, nx=True, px=ttl_ms))
+            if not leading:  # our own lease from before, e.g. after a Redis hiccup
+                leading = self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]) == 1
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            self._leading = False
+            raise RedisUnavailableError(exc) from exc
+        if leading != self._leading:
+            self.log.info("Scheduler %s %s the lease %s", self.token,
+                          "took" if leading else "lost", self.lease_key)
+        self._leading = leading
+        return leading
+
+    def release_lease(self) -> None:
+        """Give the lease up (on a clean stop) so another replica takes over at once."""
+        if not self._leading:
+            return
+        self._leading = False
+        try:
+            self._release(keys=[self.lease_key], args=[self.token])
+        except redis.exceptions.RedisError as exc:
+            self.log.warning("Could not release the scheduler lease (it expires by itself): %s", exc)
+
+    def _keep_lease(self) -> bool:
+        # A tick called by hand (not from run) does not take part in the election.
+        if not self.leader_lease or not self._leading:
+            return True
+        return self.acquire_lease()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self, *, max_ticks: int | None = None, handle_signals: bool = True) -> int:
+        """Tick every ``interval`` seconds until ``stop()``, SIGTERM or SIGINT.
+
+        A stop request ends the run after the current batch. Returns the number of ticks
+        done. Signal handlers are installed only from the main thread and restored on
+        return. Never raises for Redis outages: they are logged and retried.
+        """
+        restore = self._install_signal_handlers() if handle_signals else {}
+        ticks = 0
+        next_tick = time.monotonic()
+        redis_down = False
+        self.log.info("Scheduler %s started: interval %.0f s, batch size %d, horizon %.0f s%s", self.token,
+                      self.interval, self.batch_size, self.horizon,
+                      f", lease {self.lease_key} ({self.lease_ttl:.0f} s)" if self.leader_lease else "")
+        try:
+            while not self._stop.is_set() and (max_ticks is None or ticks < max_ticks):
+                leading = True
+                if self.leader_lease:
+                    try:
+                        leading = self.acquire_lease()
+                        if redis_down:
+                            self.log.info("Redis is reachable again")
+                        redis_down = False
+                    except RedisUnavailableError as exc:
+                        leading = False
+                        if not redis_down:
+                            self.log.error("Redis is unavailable; retrying: %s", exc)
+                        redis_down = True
+                now = time.monotonic()
+                if leading and now >= next_tick:
+                    self.tick()
+                    ticks += 1
+                    next_tick = now + self.interval
+                wait = next_tick - time.monotonic()
+                if self.leader_lease:
+                    wait = min(wait, self.lease_ttl / 3)
+                self._stop.wait(max(0.01, wait))
+        finally:
+            if self.leader_lease:
+                self.release_lease()
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)
+            self.log.info("Scheduler %s stopped after %d ticks", self.token, ticks)
+        return ticks
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self.log.info("Received %s; stopping after the current batch", signal.Signals(signum).name)
+            self.stop()
+
+        old: dict[int, Any] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, handle)
+        return old
+
+
+__all__ = ["EntrySource", "ScheduleEntry", "Scheduler", "TickResult"]
