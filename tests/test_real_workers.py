@@ -105,7 +105,7 @@ def test_stock_worker_sigkill_recovery_time(real_redis: redis.Redis, workers: Ca
     The key must stay blocked for that long (the job could still be running somewhere
     for all anyone knows) and must free soon after, not after RQ's 10-minute maintenance.
     """
-    dedup, job_id, killed_at, _ = _kill_mid_job(real_redis, workers, 5, None)
+    dedup, _, killed_at, _ = _kill_mid_job(real_redis, workers, 5, None)
     time.sleep(50)
     assert dedup.is_running("k") and not dedup.enqueue("k", TASK, "k").admitted
     wait_for(lambda: not dedup.has_pending("k"), 40, interval=0.2, what="the stock lease to expire")
