@@ -1,0 +1,218 @@
+"""Admission throughput, latency and Redis requests per admission, single client, distinct keys.
+
+    .venv/bin/python -m benchmarks.admission [--quick] [--url URL] [--repeat N]
+
+Variants, interleaved (the order rotates every repetition), each block on an empty db:
+  dedupkit      Deduplicator.enqueue(key, func, i)
+  rq            queue.enqueue(func, i)
+  rq_unique     queue.enqueue(func, i, job_id=..., unique=True)   (RQ 2.8+, per job id)
+  naive         benchmarks.naive.naive_enqueue (scan queue + registries, then enqueue);
+                its scan grows with the queue, which fills from 0 to n during a block
+  evalsha_floor a trivial script (``return 1``) through the same redis-py client: the floor
+  evalsha_args  the same trivial script sent dedupkit's full KEYS/ARGV payload
+Requests per admission are counted with MONITOR (commands tagged "lua" apart) and round
+trips by counting socket writes. A cProfile of the dedupkit loop and a split of its time
+(Python job building vs the script call) say where the time goes.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq import Queue
+
+from dedupkit import Deduplicator
+
+from . import _common as c
+from .jobs import process
+from .naive import naive_enqueue
+
+VARIANTS = ("dedupkit", "rq", "rq_unique", "naive", "evalsha_floor", "evalsha_args")
+
+
+class Bench:
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+        self.queue = Queue("bench", connection=conn)
+        self.dedup = Deduplicator(self.queue)
+        self.floor = conn.register_script("return 1")
+        prepared = self.dedup._prepare(_request("payload", 0))
+        k = self.dedup.keys
+        self.payload_keys = [k.slots, k.gc, k.stats, k.queue, k.queues, k.scheduled, k.started,
+                             k.job_key(prepared.job.id)]
+        self.payload_args = [k.job_prefix, k.executions_prefix, 1, 2, 60.0, prepared.field, prepared.job.id,
+                             prepared.mode, prepared.run_at, prepared.ttl, len(prepared.pairs) // 2, *prepared.pairs]
+        self.seq = 0
+
+    def op(self, variant: str) -> Callable[[], object]:
+        q, d = self.queue, self.dedup
+
+        def dedupkit() -> object:
+            self.seq += 1
+            admission = d.enqueue(f"user{self.seq}", process, self.seq)
+            assert admission.admitted
+            return admission
+
+        def rq() -> object:
+            self.seq += 1
+            return q.enqueue(process, self.seq)
+
+        def rq_unique() -> object:
+            self.seq += 1
+            return q.enqueue(process, self.seq, job_id=f"email_process_{self.seq}", unique=True)
+
+        def naive() -> object:
+            self.seq += 1
+            job = naive_enqueue(q, self.seq, process, self.seq)
+            assert job is not None
+            return job
+
+        def evalsha_floor() -> object:
+            return self.floor()
+
+        def evalsha_args() -> object:
+            return self.floor(keys=self.payload_keys, args=self.payload_args)
+
+        return {"dedupkit": dedupkit, "rq": rq, "rq_unique": rq_unique, "naive": naive,
+                "evalsha_floor": evalsha_floor, "evalsha_args": evalsha_args}[variant]
+
+
+def _request(key: str, i: int) -> Any:
+    from dedupkit import EnqueueRequest
+
+    return EnqueueRequest(key, process, (i,))
+
+
+def run_block(bench: Bench, variant: str, n: int) -> dict[str, float]:
+    bench.conn.flushdb()
+    op = bench.op(variant)
+    for _ in range(min(20, n)):  # warm: scripts loaded, connection open
+        op()
+    bench.conn.flushdb()
+    lat: list[float] = []
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(n):
+        t0 = clock()
+        op()
+        lat.append((clock() - t0) / 1000)
+    total = (clock() - start) / 1e9
+    return {"ops_s": n / total, "p50_us": c.percentile(lat, 50), "p99_us": c.percentile(lat, 99),
+            "mean_us": sum(lat) / n}
+
+
+def split_dedupkit(bench: Bench, n: int) -> dict[str, float]:
+    """Time the two halves of Deduplicator.enqueue apart: building the job in Python
+    (``_prepare``) and the script call with reply parsing (``_admit``)."""
+    bench.conn.flushdb()
+    d = bench.dedup
+    prep = admit = 0
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        p = d._prepare(_request(f"split{i}", i))
+        t1 = clock()
+        d._admit([p])
+        prep += t1 - t0
+        admit += clock() - t1
+    return {"prepare_us": prep / n / 1000, "script_call_us": admit / n / 1000}
+
+
+def profile_dedupkit(bench: Bench, n: int) -> str:
+    bench.conn.flushdb()
+    op = bench.op("dedupkit")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        op()
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("cumulative").print_stats(30)
+    stats.sort_stats("tottime").print_stats(20)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = c.parser(__doc__.splitlines()[0]).parse_args(argv)
+    n = 300 if args.quick else 3000
+    reps = c.repeats(args)
+    with c.redis_url(args) as url:
+        client = c.counting_client(url)
+        client.flushdb()
+        bench = Bench(client)
+        machine = c.machine(client)
+
+        # Requests per admission, counted once per variant after a warm-up.
+        counts: dict[str, dict[str, Any]] = {}
+        count_n = 50
+        for variant in VARIANTS:
+            client.flushdb()
+            op = bench.op(variant)
+            for _ in range(5):
+                op()
+            rc = c.count_requests(url, client, op, count_n)
+            counts[variant] = {"commands": rc.commands / count_n, "round_trips": rc.round_trips / count_n,
+                               "lua_commands": rc.lua_commands / count_n,
+                               "names": {k: v / count_n for k, v in sorted(rc.names.items())}}
+
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+        for rep in range(reps):
+            order = VARIANTS[rep % len(VARIANTS):] + VARIANTS[:rep % len(VARIANTS)]
+            for variant in order:
+                runs[variant].append(run_block(bench, variant, n))
+        splits = [split_dedupkit(bench, n) for _ in range(reps)]
+        profile = profile_dedupkit(bench, min(n, 1000))
+        client.flushdb()
+        client.close()
+
+    summary = {v: {m: c.spread([r[m] for r in runs[v]]) for m in ("ops_s", "p50_us", "p99_us")} for v in VARIANTS}
+    med = {v: {m: summary[v][m]["median"] for m in ("ops_s", "p50_us", "p99_us")} for v in VARIANTS}
+    best = {v: {"ops_s": summary[v]["ops_s"]["max"], "p50_us": summary[v]["p50_us"]["min"]} for v in VARIANTS}
+    ratios = {
+        "dedupkit_vs_rq_throughput_median": c.ratio(med["dedupkit"]["ops_s"], med["rq"]["ops_s"]),
+        "dedupkit_vs_rq_throughput_best": c.ratio(best["dedupkit"]["ops_s"], best["rq"]["ops_s"]),
+        "dedupkit_vs_rq_unique_throughput_median": c.ratio(med["dedupkit"]["ops_s"], med["rq_unique"]["ops_s"]),
+        "dedupkit_vs_naive_throughput_median": c.ratio(med["dedupkit"]["ops_s"], med["naive"]["ops_s"]),
+        "dedupkit_p50_vs_floor_median": c.ratio(med["dedupkit"]["p50_us"], med["evalsha_floor"]["p50_us"]),
+        "dedupkit_p50_vs_floor_best": c.ratio(best["dedupkit"]["p50_us"], best["evalsha_floor"]["p50_us"]),
+        "evalsha_args_p50_vs_floor_median": c.ratio(med["evalsha_args"]["p50_us"], med["evalsha_floor"]["p50_us"]),
+    }
+    split = {m: c.spread([s[m] for s in splits]) for m in ("prepare_us", "script_call_us")}
+    targets = {
+        "dedupkit_one_request": counts["dedupkit"]["commands"] == 1 and counts["dedupkit"]["round_trips"] == 1,
+        "dedupkit_ge_2x_rq_throughput": ratios["dedupkit_vs_rq_throughput_median"] >= 2,
+        "dedupkit_p50_le_1.5x_floor": ratios["dedupkit_p50_vs_floor_median"] <= 1.5,
+    }
+
+    rows = []
+    for v in VARIANTS:
+        s = summary[v]
+        rows.append([v, s["ops_s"]["min"], s["ops_s"]["median"], s["p50_us"]["min"], s["p50_us"]["median"],
+                     s["p99_us"]["median"], c.ratio(med[v]["ops_s"], med["rq"]["ops_s"]),
+                     counts[v]["commands"], counts[v]["round_trips"], counts[v]["lua_commands"]])
+    text = (f"Admission, single client, distinct keys: {n} ops per block, {reps} interleaved repetitions\n\n"
+            + c.table(["variant", "ops/s min", "ops/s median", "p50 us min", "p50 us median", "p99 us median",
+                       "x rq ops/s", "cmds/op", "round trips/op", "lua cmds/op"], rows)
+            + "\n\n"
+            + c.table(["ratio (medians unless 'best')", "value"], [[k, v] for k, v in ratios.items()])
+            + "\n\n"
+            + c.table(["dedupkit.enqueue split", "us min", "us median"],
+                      [[m, split[m]["min"], split[m]["median"]] for m in split])
+            + "\n\n"
+            + c.table(["target", "met"], [[k, "yes" if v else "no"] for k, v in targets.items()]))
+    data = {"machine": machine, "n_per_block": n, "repeat": reps, "summary": summary, "runs": runs,
+            "requests": counts, "ratios": ratios, "dedupkit_split": split, "targets": targets}
+    c.write(args, "admission", data, text)
+    (args.out / ("admission_profile" + ("-quick" if args.quick else "") + ".txt")).write_text(profile)
+    return data
+
+
+if __name__ == "__main__":
+    main()
