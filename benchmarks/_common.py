@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -22,6 +23,10 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# dedupkit logs one WARNING per key whose previous job vanished (e.g. finished and
+# expired); a million-key tick would spend its time writing to stderr.
+logging.getLogger("dedupkit").setLevel(logging.ERROR)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
