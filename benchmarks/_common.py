@@ -226,7 +226,7 @@ def write(args: argparse.Namespace, name: str, data: dict[str, Any], text: str) 
     stem = f"{name}-quick" if args.quick else name
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    data = {"benchmark": name, "quick": bool(args.quick), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **data}
+    data.update(benchmark=name, quick=bool(args.quick), when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     (out / f"{stem}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     header = f"_{name}{' (quick)' if args.quick else ''}, {data['when']}, {describe(data.get('machine', {}))}_"
     (out / f"{stem}.md").write_text(header + "\n\n" + text.strip() + "\n")

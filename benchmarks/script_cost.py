@@ -1,0 +1,156 @@
+"""Script cost on the server: usec per call of each dedupkit script, from SLOWLOG and
+INFO commandstats, and the commands each runs inside Redis.
+
+    .venv/bin/python -m benchmarks.script_cost [--quick] [--url URL] [--repeat N]
+
+Scenarios, interleaved, each alone between CONFIG RESETSTAT and a commandstats read
+(``slowlog-log-slower-than 0`` logs every call with its duration):
+  trivial          ``return 1``: the cost of running any script at all
+  admit_new        enqueue() of a fresh key (admitted)
+  admit_conflict   enqueue() of a key whose job is queued (conflict)
+  admit_batch_500  enqueue_many() of 500 fresh keys: one script call
+  status_pending   status() of a key whose job is queued
+  status_free      status() of a key with no slot
+  cancel_queued    cancel() of a key whose job is queued
+  rq_enqueue       plain queue.enqueue(): the server time of its 8 commands, for scale
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq import Queue
+
+from dedupkit import Deduplicator, EnqueueRequest
+
+from . import _common as c
+from .jobs import process
+
+SCENARIOS = ("trivial", "admit_new", "admit_conflict", "admit_batch_500", "status_pending", "status_free",
+             "cancel_queued", "rq_enqueue")
+
+
+class Scenario:
+    def __init__(self, conn: redis.Redis, dedup: Deduplicator, queue: Queue) -> None:
+        self.conn, self.dedup, self.queue = conn, dedup, queue
+        self.trivial = conn.register_script("return 1")
+        self.seq = 0
+
+    def setup(self, name: str, n: int) -> Callable[[], object]:
+        """Untimed preparation; returns the operation to repeat n times."""
+        d, q = self.dedup, self.queue
+        self.seq += 1
+        tag = f"s{self.seq}_"
+        if name in ("admit_conflict", "status_pending", "cancel_queued"):
+            d.enqueue_many([EnqueueRequest(f"{tag}{i}", process, (i,)) for i in range(n)])
+        it = iter(range(n))
+        if name == "trivial":
+            return lambda: self.trivial()
+        if name == "admit_new":
+            return lambda: d.enqueue(f"{tag}new{next(it)}", process, 0)
+        if name == "admit_conflict":
+            return lambda: d.enqueue(f"{tag}{next(it)}", process, 0)
+        if name == "admit_batch_500":
+            batches = iter([[EnqueueRequest(f"{tag}b{j}_{i}", process, (i,)) for i in range(500)]
+                            for j in range(n)])
+            return lambda: d.enqueue_many(next(batches))
+        if name == "status_pending":
+            return lambda: d.status(f"{tag}{next(it)}")
+        if name == "status_free":
+            return lambda: d.status(f"{tag}none{next(it)}")
+        if name == "cancel_queued":
+            return lambda: d.cancel(f"{tag}{next(it)}")
+        if name == "rq_enqueue":
+            return lambda: q.enqueue(process, 0)
+        raise ValueError(name)
+
+
+def measure(conn: redis.Redis, op: Callable[[], object], n: int) -> dict[str, Any]:
+    conn.config_resetstat()
+    conn.slowlog_reset()
+    for _ in range(n):
+        op()
+    stats = c.commandstats(conn)
+    log = conn.slowlog_get(n + 50)
+    for name in ("config|resetstat", "config", "slowlog|reset", "slowlog", "info"):
+        stats.pop(name, None)
+    evalsha = stats.pop("evalsha", {"calls": 0, "usec": 0})
+    inner = {k: int(v["calls"]) for k, v in stats.items()}
+    durations = [int(e["duration"]) for e in log
+                 if e["command"].split(b" ", 1)[0].upper() in (b"EVALSHA", b"EVAL")]
+    all_usec = sum(float(v["usec"]) for v in stats.values())
+    return {
+        "calls": int(evalsha["calls"]),
+        "usec_per_call_commandstats": float(evalsha["usec"]) / evalsha["calls"] if evalsha["calls"] else float("nan"),
+        "slowlog_median_us": statistics.median(durations) if durations else float("nan"),
+        "slowlog_p99_us": c.percentile(durations, 99) if durations else float("nan"),
+        "inner_commands_per_op": {k: v / n for k, v in sorted(inner.items())},
+        "inner_commands_total_per_op": sum(inner.values()) / n,
+        "non_script_usec_per_op": all_usec / n,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = c.parser(__doc__.splitlines()[0]).parse_args(argv)
+    reps = c.repeats(args)
+    n = 100 if args.quick else 2000
+    with c.redis_url(args) as url:
+        conn = c.connect(url)
+        conn.flushdb()
+        machine = c.machine(conn)
+        old = conn.config_get("slowlog-*")
+        conn.config_set("slowlog-log-slower-than", 0)
+        conn.config_set("slowlog-max-len", n + 100)
+        queue = Queue("bench", connection=conn)
+        dedup = Deduplicator(queue)
+        sc = Scenario(conn, dedup, queue)
+        for name in SCENARIOS:  # warm: every script loaded
+            op = sc.setup(name, 2)
+            op()
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SCENARIOS}
+        for rep in range(reps):
+            for name in SCENARIOS[rep % len(SCENARIOS):] + SCENARIOS[:rep % len(SCENARIOS)]:
+                count = max(2, n // 50) if name == "admit_batch_500" else n
+                conn.flushdb()
+                op = sc.setup(name, count)
+                runs[name].append(measure(conn, op, count))
+        for key, value in old.items():
+            conn.config_set(key, value)
+        conn.flushdb()
+        conn.close()
+
+    summary: dict[str, Any] = {}
+    rows = []
+    for name in SCENARIOS:
+        rs = runs[name]
+        s = {m: c.spread([r[m] for r in rs]) for m in ("usec_per_call_commandstats", "slowlog_median_us",
+                                                       "slowlog_p99_us", "non_script_usec_per_op",
+                                                       "inner_commands_total_per_op")}
+        s["inner_commands_per_op"] = rs[-1]["inner_commands_per_op"]
+        summary[name] = s
+        if name == "rq_enqueue":
+            rows.append([name, "-", s["non_script_usec_per_op"]["median"], "-", "-",
+                         s["inner_commands_total_per_op"]["median"], "(8 client commands, no script)"])
+            continue
+        per_req = s["usec_per_call_commandstats"]["median"] / (500 if name == "admit_batch_500" else 1)
+        rows.append([name, s["usec_per_call_commandstats"]["min"], s["usec_per_call_commandstats"]["median"],
+                     s["slowlog_median_us"]["median"], s["slowlog_p99_us"]["median"],
+                     s["inner_commands_total_per_op"]["median"], f"{per_req:.2f} us per request"])
+    inner_rows = [[name, ", ".join(f"{k} {v:g}" for k, v in summary[name]["inner_commands_per_op"].items())]
+                  for name in SCENARIOS]
+    text = (f"Script cost on the server, {n} calls per scenario (batch: {max(2, n // 50)} calls of 500), "
+            f"{reps} interleaved repetitions\n\n"
+            + c.table(["scenario", "usec/call min (commandstats)", "usec/call median (commandstats)",
+                       "slowlog median us", "slowlog p99 us", "commands inside per call", "note"], rows)
+            + "\n\nCommands run per call (inside the script, from commandstats)\n\n"
+            + c.table(["scenario", "commands"], inner_rows))
+    data = {"machine": machine, "repeat": reps, "calls": n, "summary": summary, "runs": runs}
+    c.write(args, "script_cost", data, text)
+    return data
+
+
+if __name__ == "__main__":
+    main()
