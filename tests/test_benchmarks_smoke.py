@@ -75,3 +75,14 @@ def test_command_line_starts_its_own_server(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "| other jobs" in proc.stdout
     assert (tmp_path / "status-quick.json").exists()
+
+
+def test_report_splices_tables(tmp_path: Path) -> None:
+    from benchmarks import report
+
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "benchmarks" / "README.md").read_text())
+    (tmp_path / "status.md").write_text("| a |\n|---|\n| 1 |\n")
+    assert report.main(["--results", str(tmp_path), "--readme", str(readme)]) == ["status"]
+    text = readme.read_text()
+    assert "<!-- results:status -->\n| a |\n|---|\n| 1 |\n<!-- /results:status -->" in text
