@@ -1,0 +1,211 @@
+"""The whole example in one command: ``python -m examples.flask_app.demo`` (``make demo``).
+
+Starts Redis (the server at $REDIS_URL when set, else an embedded fakeredis
+TcpFakeServer on loopback), one ``rq worker --with-scheduler``, the dedupkit scheduler
+(run_scheduler.py) and the Flask app; prints the URL and the demo logins; Ctrl-C (or
+SIGTERM) stops everything: the app, then the scheduler and the worker, then Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import redis
+
+from . import db
+from .app import QUEUE_NAME, create_app
+from .server import BackgroundServer
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DB = Path(__file__).resolve().parent / "instance" / "demo.sqlite3"
+log = logging.getLogger("demo")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """fakeredis's TCP server (Lua through lupa) on a loopback port, in a thread."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        import fakeredis
+
+        self.port = free_port(host)
+        self.server = fakeredis.TcpFakeServer((host, self.port), server_type="redis")
+        self.server.daemon_threads = True  # client connections must not hold up the exit
+        self.server.block_on_close = False
+        self.url = f"redis://{host}:{self.port}/0"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fakeredis", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def wait_for_redis(url: str, timeout: float) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.RedisError as exc:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"demo: Redis at {url} is not reachable: {exc}") from exc
+                time.sleep(0.2)
+    finally:
+        client.close()
+
+
+def rq_command() -> list[str]:
+    script = Path(sys.executable).with_name("rq")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rq.cli"]
+
+
+class Child:
+    """A child process in its own session, so Ctrl-C reaches it only through us, in order."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for_worker(url: str, worker: Child, timeout: float) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and worker.alive:
+            if client.scard("rq:workers"):
+                return
+            time.sleep(0.2)
+    finally:
+        client.close()
+    log.warning("the rq worker has not registered after %.0f s", timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m examples.flask_app.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve the app on (default loopback)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")),
+                        help="app port (default $PORT or 5000; 0 = any free port)")
+    parser.add_argument("--interval", type=float, default=30.0, help="scheduler interval in seconds (default 30)")
+    parser.add_argument("--job-seconds", type=float, default=float(os.environ.get("EMAIL_JOB_SECONDS", "8")),
+                        help="how long one simulated mailbox run takes (default 8)")
+    parser.add_argument("--db", default=os.environ.get("EMAIL_APP_DATABASE", str(DEFAULT_DB)), help="SQLite path")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per status poll
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    embedded: EmbeddedRedis | None = None
+    children: list[Child] = []
+    server: BackgroundServer | None = None
+    try:
+        url = os.environ.get("REDIS_URL")
+        if url:
+            log.info("using the Redis server at %s", url)
+        else:
+            embedded = EmbeddedRedis()
+            url = embedded.url
+            log.info("started embedded Redis (fakeredis) at %s; set REDIS_URL to use a real redis-server", url)
+        wait_for_redis(url, 10)
+
+        password = os.environ.get("EMAIL_APP_DEMO_PASSWORD", "dedupkit-demo")
+        app = create_app({"DATABASE": args.db, "REDIS_URL": url, "JOB_SECONDS": args.job_seconds,
+                          "SEED_DEMO_USERS": True, "DEMO_PASSWORD": password,
+                          "SECRET_KEY": os.environ.get("EMAIL_APP_SECRET_KEY") or secrets.token_hex(32)})
+        env = dict(os.environ, REDIS_URL=url, EMAIL_APP_DATABASE=args.db, EMAIL_JOB_SECONDS=str(args.job_seconds),
+                   PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+        worker = Child("rq worker", [*rq_command(), "worker", "-u", url, "--with-scheduler", "--path", str(ROOT),
+                                     QUEUE_NAME], env)
+        children.append(worker)
+        children.append(Child("scheduler", [sys.executable, "-m", "examples.flask_app.run_scheduler", "--url", url,
+                                            "--interval", str(args.interval), "--db", args.db], env))
+        try:
+            server = BackgroundServer(app, args.host, args.port).start()
+        except OSError as exc:
+            raise SystemExit(f"demo: cannot serve on {args.host}:{args.port} ({exc}); try --port 0") from exc
+        wait_for_worker(url, worker, 15)
+        banner(server.url, password, url, embedded is not None, children, args)
+
+        while not stop.wait(0.5):
+            dead = [c for c in children if not c.alive]
+            if dead:
+                log.error("%s exited (status %s); stopping the demo", dead[0].name, dead[0].proc.returncode)
+                return 1
+        log.info("stopping: the app, the scheduler, the worker, then Redis")
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+        for child in reversed(children):
+            child.stop()
+        if embedded is not None:
+            embedded.stop()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        print("demo: stopped", flush=True)
+
+
+def banner(app_url: str, password: str, redis_url: str, embedded: bool, children: list[Child], args: Any) -> None:
+    users = "\n".join(
+        f"    {name:<6} / {password}   automation {'every ' + str(interval) + ' min' if enabled else 'off'}"
+        for name, _email, enabled, interval, _ago in db.DEMO_USERS)
+    pids = ", ".join(f"{c.name} pid {c.proc.pid}" for c in children)
+    print(f"""
+========================================================================
+ dedupkit demo is running
+   Open:   {app_url}/
+   Logins:
+{users}
+   Redis:  {redis_url} ({'embedded fakeredis' if embedded else 'REDIS_URL'})
+   Worker: rq worker --with-scheduler on queue '{QUEUE_NAME}'; jobs take {args.job_seconds:g} s
+   Scheduler: every {args.interval:g} s ({pids})
+ Sign in, click TRIGGER PROCESSING, click it again while the job runs.
+ Press Ctrl-C to stop everything.
+========================================================================
+URL: {app_url}/""", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The demo command (``make demo``) as a user runs it: embedded Redis, a real rq worker,
+the scheduler, the app; a click runs a real job, a second one conflicts; Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from examples.flask_app import db
+from examples.flask_app.client import Client
+
+from .support import ROOT, RedisServer, wait_for
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited all the same.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("redis_kind", ["embedded", "real"])
+def test_demo_serves_runs_a_job_conflicts_and_stops_on_ctrl_c(tmp_path: Path, redis_kind: str,
+                                                              request: pytest.FixtureRequest) -> None:
+    env = dict(os.environ, EMAIL_APP_DEMO_PASSWORD="pw-demo", PYTHONPATH=str(ROOT))
+    env.pop("REDIS_URL", None)
+    if redis_kind == "real":
+        server: RedisServer = request.getfixturevalue("real_server")
+        env["REDIS_URL"] = server.url
+    path = str(tmp_path / "demo.sqlite3")
+    proc = subprocess.Popen([sys.executable, "-m", "examples.flask_app.demo", "--port", "0", "--job-seconds", "1",
+                             "--interval", "5", "--db", path], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+    pids: list[int] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        url = None
+        deadline = time.monotonic() + 30
+        while url is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "".join(output)
+                continue
+            if line.startswith("URL: "):
+                url = line.split()[1]
+        assert url, "the demo printed no URL:\n" + "".join(output)
+        text = "".join(output)
+        assert "alice  / pw-demo" in text and ("embedded fakeredis" in text) == (redis_kind == "embedded")
+        pids += [int(p) for p in re.findall(r"pid (\d+)", text)]
+        assert len(pids) == 2
+
+        client = Client(url)
+        assert client.login("alice", "pw-demo") == 200
+        first, second = client.trigger(), client.trigger()
+        assert first[0] == 202 and second[0] == 409, (first, second)
+        assert second[1]["job_status"]["job_id"] == first[1]["job_id"]  # type: ignore[index]
+        conn = db.connect(path)
+        alice = db.user_by_name(conn, "alice")
+        conn.close()
+        assert alice
+        wait_for(lambda: len(db.runs(path, alice.id)) == 1, 20, what="the worker to run the job")
+        wait_for(lambda: not client.status()[1]["job_status"]["pending"], 10, what="the slot to free")
+        assert client.trigger()[0] == 202
+
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(30) == 0
+        reader.join(5)
+        text = "".join(output)
+        assert "demo: stopped" in text and "Received SIGTERM; stopping after the current batch" in text
+        assert "warm shut down requested" in text
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for pid in pids:  # the worker and scheduler run in their own sessions
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
