@@ -101,7 +101,8 @@ class World(RuleBasedStateMachine):
     @rule(delays=st.lists(st.sampled_from([None, 0, 20, 90, 3600]), min_size=1, max_size=4))
     def scheduler_tick(self, delays: list[int | None]) -> None:
         now = datetime.now(timezone.utc)
-        requests = [EnqueueRequest(KEYS[i % len(KEYS)], TASK, (i,), at=None if d is None else now + timedelta(seconds=d))
+        requests = [EnqueueRequest(KEYS[i % len(KEYS)], TASK, (i,),
+                                   at=None if d is None else now + timedelta(seconds=d))
                     for i, d in enumerate(delays)]
         for adm in self.dedup.enqueue_many(requests):
             if adm.admitted:
@@ -243,7 +244,7 @@ def test_the_model_finds_the_scheduler_race_without_the_due_margin() -> None:
     class NoMargin(FakeWorld):
         due_margin = 0.0
 
-    with pytest.raises(AssertionError, match="jobs RQ would run|but RQ holds|canceled by nobody"):
+    with pytest.raises(AssertionError, match=r"jobs RQ would run|but RQ holds|canceled by nobody"):
         run_state_machine_as_test(NoMargin, settings=settings(max_examples=300, stateful_step_count=30, deadline=None,
                                                               suppress_health_check=[HealthCheck.too_slow]))
 
