@@ -10,6 +10,7 @@ from typing import Any
 
 from rq import Queue
 from rq.command import send_stop_job_command
+from rq.exceptions import TimeoutFormatError
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 
@@ -159,6 +160,8 @@ class Deduplicator:
         field = encode_key(key)
         if not isinstance(request.args, (tuple, list)):
             raise InvalidRequestError(f"args must be a tuple, not {type(request.args).__name__}")
+        if not (isinstance(request.func, str) or callable(request.func)):
+            raise InvalidRequestError(f"func must be a callable or a dotted path, not {type(request.func).__name__}")
         options = dict(request.kwargs)
         for name, why in _REFUSED.items():
             if options.get(name) not in (None, False):
@@ -192,7 +195,7 @@ class Deduplicator:
             pairs = _flatten(job)
         except DedupkitError:
             raise
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, TimeoutFormatError) as exc:
             raise InvalidRequestError(f"cannot build the RQ job for key {key!r}: {exc}") from exc
         return _Prepared(key, field, job, mode, at_text, int(job.ttl or 0), pairs)
 

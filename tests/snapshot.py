@@ -7,6 +7,7 @@ or missed; decided from RQ's keys alone, never from dedupkit's slots.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import redis
 from rq import Queue
@@ -38,15 +39,22 @@ return out
 """
 
 
-def runnable_by_key(conn: redis.Redis, queue: Queue) -> dict[str, set[str]]:
+def dedupkit_key_of(job_id: str) -> str:
+    """The dedup key inside a dedupkit job id, ``<prefix>_<encoded key>_<micros>``."""
+    return decode_key(job_id.rsplit("_", 2)[-2])
+
+
+def runnable_by_key(conn: redis.Redis, queue: Queue,
+                    key_of: Callable[[str], str] = dedupkit_key_of) -> dict[str, set[str]]:
     ids = conn.eval(SNAPSHOT, 4, queue.key, queue.intermediate_queue_key, queue.scheduled_job_registry.key,
                     queue.started_job_registry.key, queue.job_class.redis_job_namespace_prefix)
     out: dict[str, set[str]] = defaultdict(set)
     for raw in ids:
         job_id = raw.decode()
-        out[decode_key(job_id.split("_")[1])].add(job_id)
+        out[key_of(job_id)].add(job_id)
     return out
 
 
-def violations(conn: redis.Redis, queue: Queue) -> dict[str, set[str]]:
-    return {k: v for k, v in runnable_by_key(conn, queue).items() if len(v) > 1}
+def violations(conn: redis.Redis, queue: Queue,
+               key_of: Callable[[str], str] = dedupkit_key_of) -> dict[str, set[str]]:
+    return {k: v for k, v in runnable_by_key(conn, queue, key_of).items() if len(v) > 1}
