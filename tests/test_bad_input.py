@@ -25,7 +25,8 @@ GOOD_KEYS: list[object] = [
     "%s%n", "${HOME}",
 ]
 BAD_KEYS: list[tuple[object, str]] = [
-    (None, "None"), ("", "empty"), (" ", "whitespace"), ("\n", "whitespace"), ("\n\t ", "whitespace"), (True, "bool"), (False, "bool"),
+    (None, "None"), ("", "empty"), (" ", "whitespace"), ("\n", "whitespace"), ("\n\t ", "whitespace"),
+    (True, "bool"), (False, "bool"),
     (b"bytes", "bytes"), (1.0, "float"), (["a"], "list"), ("x" * 513, "512-byte"), ("😀" * 129, "512-byte"),
     ("\udcff", "surrogate"),
 ]
