@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
 from dedupkit import Deduplicator, JobState
@@ -58,7 +58,7 @@ def _kill_mid_job(real_redis: redis.Redis, workers: Callable[..., RQWorker], mon
                   worker_class: str | None) -> tuple[Deduplicator, str, float, RQWorker]:
     dedup = _dedup(real_redis)
     worker = workers(worker_class=worker_class, monitoring_interval=monitoring)
-    adm = dedup.enqueue("k", TASK, "k", 300.0, job_timeout=600)
+    adm = dedup.enqueue("k", TASK, "k", 300.0, job_timeout=600, retry=Retry(max=2))
     wait_for(lambda: dedup.is_running("k"), 30, what="the job to start")
     # Alive through several heartbeats: the lease keeps being renewed, the key stays blocked.
     time.sleep(2 * monitoring + 1)
@@ -80,6 +80,13 @@ def test_sigkilled_worker_blocks_until_its_lease_expires_then_frees(
     assert _status(real_redis, job_id) == JobStatus.STARTED  # RQ has not noticed yet; we did
     again = dedup.enqueue("k", TASK, "k", 0.1)
     assert again.admitted and again.recovered == "dead"
+    # RQ's maintenance (StartedJobRegistry.cleanup) later fails the dead job; despite its
+    # retries it must not be re-queued beside the new one: not lost, not duplicated.
+    queue = Queue("test", connection=real_redis)
+    queue.started_job_registry.cleanup()
+    assert _status(real_redis, job_id) == JobStatus.FAILED
+    assert job_id in queue.failed_job_registry.get_job_ids()
+    assert queue.get_job_ids() == [again.job_id]
     print(f"recovered {recovery:.1f}s after SIGKILL (lease slack 2 s, heartbeat 1 s)")
 
 
