@@ -15,8 +15,8 @@ skipped, and the skip is logged with the holder's status.
 
 Several replicas may run at once. Admission is atomic, so the one-job-per-key guarantee
 never depends on which replica ticks; a Redis lease only keeps the replicas from all
-doing the full work. One replica leads; if it dies its lease expires and another takes
-over within one interval.
+doing the full work. One replica leads; if it dies its lease (interval / 2) expires and
+another takes over within one interval (at most 2/3 of it, for intervals of 1 s or more).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Scheduler:
     not held for hours by a far-off run. Defaults to ``interval``.
     ``subject``: the word used for a key in the log ("user": "... for user 123 ...").
     ``leader_lease``: elect one ticking replica through a Redis lease (default True).
-    ``lease_ttl``: lease length in seconds, default ``interval / 2`` (at least 1 s); the
+    ``lease_ttl``: lease length in seconds, default ``interval / 2`` (at least 0.5 s); the
     lease is renewed every ``lease_ttl / 3`` and between batches.
     """
 
@@ -158,7 +158,7 @@ class Scheduler:
 
     @property
     def lease_ttl(self) -> float:
-        return max(1.0, self.interval / 2) if self._lease_ttl is None else float(self._lease_ttl)
+        return max(0.5, self.interval / 2) if self._lease_ttl is None else float(self._lease_ttl)
 
     @property
     def is_leader(self) -> bool:

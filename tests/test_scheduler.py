@@ -92,29 +92,50 @@ def test_second_tick_skips_every_pending_user_with_the_log_line(rqueue: Queue,
 
 
 def test_two_replicas_racing_give_one_job_per_user(real_server: RedisServer, real_redis: redis.Redis) -> None:
-    """Two schedulers on their own connections tick at the same moment, in small batches
-    so their script calls interleave. No lease: the guarantee must hold without it."""
-    conns = [redis.Redis.from_url(real_server.url) for _ in range(2)]
-    scheds = [Scheduler(Deduplicator(Queue("sched", connection=c)), lambda: entries(N), interval=60,
-                        batch_size=25, leader_lease=False) for c in conns]
+    """Two schedulers on their own connections tick over the same users at the same
+    moment, batch for batch (a barrier holds them in step), so both send the same keys
+    in overlapping script calls. No lease: the guarantee must hold without it."""
+    batch = 25
     barrier = threading.Barrier(2)
+    calls: list[tuple[int, float, float]] = []
+    conns = [redis.Redis.from_url(real_server.url) for _ in range(2)]
+
+    def make(index: int) -> Scheduler:
+        def source() -> Iterator[ScheduleEntry]:
+            for i, entry in enumerate(entries(N)):
+                if i % batch == 0:
+                    barrier.wait(10)
+                yield entry
+
+        dedup = Deduplicator(Queue("sched", connection=conns[index]))
+        real = dedup.enqueue_many
+
+        def timed(requests, **kw):  # type: ignore[no-untyped-def]
+            started = time.monotonic()
+            try:
+                return real(requests, **kw)
+            finally:
+                calls.append((index, started, time.monotonic()))
+
+        dedup.enqueue_many = timed  # type: ignore[method-assign]
+        return Scheduler(dedup, source, interval=60, batch_size=batch, leader_lease=False)
+
+    scheds = [make(0), make(1)]
     results = []
-
-    def run(s: Scheduler) -> None:
-        barrier.wait(5)
-        results.append(s.tick())
-
-    threads = [threading.Thread(target=run, args=(s,)) for s in scheds]
+    threads = [threading.Thread(target=lambda s=s: results.append(s.tick())) for s in scheds]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join(60)
     assert len(results) == 2 and all(r.ok for r in results)
     assert sum(r.admitted for r in results) == N
     assert sum(r.skipped for r in results) == N
-    assert min(r.admitted for r in results) > 0, "the two ticks did not overlap; the race was not exercised"
     ids = pending_ids(Queue("sched", connection=real_redis))
     assert len(ids) == N and len({key_of(i) for i in ids}) == N
+    a = [(s, e) for i, s, e in calls if i == 0]
+    b = [(s, e) for i, s, e in calls if i == 1]
+    overlapping = sum(1 for (s1, e1), (s2, e2) in zip(a, b, strict=True) if s1 < e2 and s2 < e1)
+    assert overlapping >= len(a) // 2, f"only {overlapping} of {len(a)} batch calls overlapped"
     for c in conns:
         c.close()
 
