@@ -13,6 +13,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import TimeoutFormatError
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
+from rq.utils import utcformat
 
 from . import scripts
 from .errors import DedupkitError, InvalidRequestError, JobIdCollisionError
@@ -30,14 +31,18 @@ _REFUSED = {
 }
 
 
+POLICIES = ("reject", "replace", "follow_up")
+
+
 class _Prepared:
     """A request turned into the exact strings admit.lua writes."""
 
-    __slots__ = ("field", "job", "key", "mode", "pairs", "run_at", "ttl")
+    __slots__ = ("field", "job", "key", "mode", "pairs", "policy", "run_at", "ttl")
 
-    def __init__(self, key: str, field: str, job: Job, mode: str, run_at: str, ttl: int, pairs: list[Any]):
+    def __init__(self, key: str, field: str, job: Job, mode: str, run_at: str, ttl: int, policy: str,
+                 pairs: list[Any]):
         self.key, self.field, self.job, self.mode = key, field, job, mode
-        self.run_at, self.ttl, self.pairs = run_at, ttl, pairs
+        self.run_at, self.ttl, self.policy, self.pairs = run_at, ttl, policy, pairs
 
 
 def _flatten(job: Job) -> list[Any]:
@@ -93,32 +98,41 @@ class Deduplicator:
 
     # -- admission -----------------------------------------------------------------
 
-    def enqueue(self, key: Key, func: Any, *args: Any, **kwargs: Any) -> Admission:
+    def enqueue(self, key: Key, func: Any, *args: Any, on_conflict: str = "reject", **kwargs: Any) -> Admission:
         """Enqueue ``func(*args, **kwargs)`` for ``key`` now, unless a job for it is pending.
 
         ``kwargs`` are read as ``Queue.enqueue`` reads them (job_timeout, result_ttl,
         ttl, failure_ttl, description, meta, at_front, on_success/on_failure/on_stopped,
         retry, repeat); ``job_id``, ``depends_on`` and ``pipeline`` are refused.
+
+        ``on_conflict`` says what to do when a job is pending, in the same script call:
+        "reject" (answer the conflict), "replace" (withdraw a queued or scheduled holder,
+        status 'canceled', and admit this one; a running holder is kept) or "follow_up"
+        (when the holder runs, admit this job to run once after it ends, success or
+        failure; one follow-up per key, later requests are coalesced into it).
         Raises InvalidKeyError, InvalidRequestError, JobIdCollisionError, ScriptError,
         RedisUnavailableError.
         """
-        return self._one(EnqueueRequest(key, func, args, kwargs))
+        return self._one(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict))
 
-    def enqueue_at(self, when: datetime, key: Key, func: Any, *args: Any, **kwargs: Any) -> Admission:
+    def enqueue_at(self, when: datetime, key: Key, func: Any, *args: Any, on_conflict: str = "reject",
+                   **kwargs: Any) -> Admission:
         """Schedule ``func`` for ``key`` at ``when`` (run by ``rq worker --with-scheduler``).
 
         The job holds the slot from now on. A naive ``when`` is local time, as in RQ; a
-        past ``when`` runs at the scheduler's next pass.
+        past ``when`` runs at the scheduler's next pass. ``on_conflict``: "reject" or
+        "replace".
         """
         if not isinstance(when, datetime):
             raise InvalidRequestError(f"when must be a datetime, not {type(when).__name__}")
-        return self._one(EnqueueRequest(key, func, args, kwargs, at=when))
+        return self._one(EnqueueRequest(key, func, args, kwargs, at=when, on_conflict=on_conflict))
 
-    def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any, **kwargs: Any) -> Admission:
+    def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any, on_conflict: str = "reject",
+                   **kwargs: Any) -> Admission:
         """Schedule ``func`` for ``key`` to run ``delta`` from now (delta >= 0)."""
         if not isinstance(delta, timedelta):
             raise InvalidRequestError(f"delta must be a timedelta, not {type(delta).__name__}")
-        return self._one(EnqueueRequest(key, func, args, kwargs, at=delta))
+        return self._one(EnqueueRequest(key, func, args, kwargs, at=delta, on_conflict=on_conflict))
 
     def enqueue_many(self, requests: Iterable[EnqueueRequest], *, batch_size: int = 500,
                      raise_errors: bool = True) -> list[Admission]:
@@ -158,6 +172,10 @@ class Deduplicator:
     def _prepare(self, request: EnqueueRequest) -> _Prepared:
         key = normalize_key(request.key)
         field = encode_key(key)
+        if request.on_conflict not in POLICIES:
+            raise InvalidRequestError(f"on_conflict must be one of {', '.join(POLICIES)}, not {request.on_conflict!r}")
+        if request.on_conflict == "follow_up" and request.at is not None:
+            raise InvalidRequestError("a follow-up runs when the running job ends; it cannot also be scheduled")
         if not isinstance(request.args, (tuple, list)):
             raise InvalidRequestError(f"args must be a tuple, not {type(request.args).__name__}")
         if not (isinstance(request.func, str) or callable(request.func)):
@@ -197,15 +215,17 @@ class Deduplicator:
             raise
         except (ValueError, TypeError, TimeoutFormatError) as exc:
             raise InvalidRequestError(f"cannot build the RQ job for key {key!r}: {exc}") from exc
-        return _Prepared(key, field, job, mode, at_text, int(job.ttl or 0), pairs)
+        return _Prepared(key, field, job, mode, at_text, int(job.ttl or 0), request.on_conflict, pairs)
 
     def _admit(self, batch: Sequence[_Prepared]) -> list[Admission]:
         k = self.keys
-        keys = [k.slots, k.gc, k.stats, k.queue, k.queues, k.scheduled, k.started]
-        args: list[Any] = [k.job_prefix, k.executions_prefix, len(batch), self.gc_budget, self.gc_min_age]
+        keys = [k.slots, k.gc, k.stats, k.followups, k.queue, k.queues, k.scheduled, k.started, k.deferred,
+                k.canceled]
+        args: list[Any] = [k.job_prefix, k.executions_prefix, len(batch), self.gc_budget, self.gc_min_age,
+                           self.due_margin, utcformat(rq_now())]
         for p in batch:
             keys.append(k.job_key(p.job.id))
-            args += (p.field, p.job.id, p.mode, p.run_at, p.ttl, len(p.pairs) // 2, *p.pairs)
+            args += (p.field, p.job.id, p.mode, p.run_at, p.ttl, p.policy, len(p.pairs) // 2, *p.pairs)
         replies = self._scripts.call(scripts.ADMIT, keys, args)
         return [self._admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
 
@@ -216,15 +236,25 @@ class Deduplicator:
             logger.error("Job id %s for key %r already exists; nothing written", job_id, p.key)
             return Admission(False, job_id, SlotStatus(p.key), error=JobIdCollisionError(job_id))
         status = SlotStatus.from_reply(p.key, *reply[1:6])
+        note = reply[7].decode()
         if decision == "conflict":
-            logger.info("Key %r already has pending job %s (%s)", p.key, job_id, status.state and status.state.value)
-            return Admission(False, job_id, status)
+            logger.info("Key %r already has pending job %s (%s)%s", p.key, job_id,
+                        status.state and status.state.value, f"; {p.policy} not applied: {note}" if note else "")
+            return Admission(False, job_id, status, reason=note or None)
         recovered = reply[6].decode() or None
         if recovered in ("dead", "gone"):
-            logger.warning("Key %r: took over the slot of a %s job (%s)", p.key,
-                           "dead" if recovered == "dead" else "vanished", recovered)
-        logger.debug("Key %r: admitted job %s (%s)", p.key, job_id, p.mode)
-        return Admission(True, job_id, status, job=p.job, recovered=recovered)
+            logger.warning("Key %r: took over the slot of a %s job", p.key,
+                           "dead (heartbeat expired)" if recovered == "dead" else "vanished")
+        action, _, other = note.partition(":")
+        if action == "replaced":
+            logger.info("Key %r: job %s replaced job %s", p.key, job_id, other)
+        elif action == "follow_up":
+            logger.info("Key %r: job %s will run after running job %s", p.key, job_id, other)
+        else:
+            logger.debug("Key %r: admitted job %s (%s)", p.key, job_id, p.mode)
+        return Admission(True, job_id, status, job=p.job, recovered=recovered,
+                         replaced=other if action == "replaced" else None,
+                         follow_up_of=other if action == "follow_up" else None)
 
     # -- reading -------------------------------------------------------------------
 
@@ -232,7 +262,7 @@ class Deduplicator:
         """What holds ``key``'s slot now: one read-only script call, O(1)."""
         norm = normalize_key(key)
         k = self.keys
-        reply = self._scripts.call(scripts.STATUS, [k.slots, k.scheduled, k.started],
+        reply = self._scripts.call(scripts.STATUS, [k.slots, k.followups, k.scheduled, k.started],
                                    [k.job_prefix, k.executions_prefix, encode_key(norm)])
         if not reply:
             return SlotStatus(norm)
@@ -262,7 +292,8 @@ class Deduplicator:
     def cancel(self, key: Key, *, stop_running: bool = False) -> bool:
         """Take ``key``'s queued, scheduled or deferred job out of RQ and free the slot.
 
-        Returns True when the job was cancelled (status 'canceled', slot free). A running
+        Returns True when the job was cancelled (status 'canceled', slot free). When the
+        holder runs and a follow-up waits, the follow-up is cancelled. A running
         job is left alone (False) unless ``stop_running``: then RQ's own stop command is
         sent, True is returned, and the slot frees when the worker has stopped the job.
         False too when nothing is pending, when a worker has just dequeued the job, or
@@ -273,8 +304,8 @@ class Deduplicator:
         k = self.keys
         reply = self._scripts.call(
             scripts.CANCEL,
-            [k.slots, k.gc, k.stats, k.queue, k.scheduled, k.started, k.deferred, k.canceled],
-            [k.job_prefix, k.executions_prefix, encode_key(norm), self.due_margin],
+            [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.canceled],
+            [k.job_prefix, k.executions_prefix, encode_key(norm), self.due_margin, utcformat(rq_now())],
         )
         outcome, job_id = reply[0].decode(), reply[1].decode()
         if outcome == "cancelled":

@@ -114,6 +114,7 @@ class KeySpace:
     slots: str  # hash: encoded dedup key -> holder job id
     gc: str  # zset: encoded dedup key -> when its slot was last checked (Redis time)
     stats: str  # hash: decision -> count
+    followups: str  # hash: encoded dedup key -> id of the follow-up waiting for the running holder
     queue: str  # RQ queue list
     queues: str  # RQ set of queue keys
     scheduled: str  # RQ ScheduledJobRegistry
@@ -131,6 +132,7 @@ class KeySpace:
             slots=f"{namespace}:slots:{queue.name}",
             gc=f"{namespace}:gc:{queue.name}",
             stats=f"{namespace}:stats:{queue.name}",
+            followups=f"{namespace}:followups:{queue.name}",
             queue=queue.key,
             queues=queue.redis_queues_keys,
             scheduled=queue.scheduled_job_registry.key,

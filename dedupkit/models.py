@@ -58,6 +58,7 @@ class SlotStatus:
     scheduled_for: datetime | None = None
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
+    follow_up_job_id: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -81,9 +82,10 @@ class SlotStatus:
 
     @classmethod
     def from_reply(cls, key: str, job_id: bytes | str, rq_status: bytes | str, enqueued_at: bytes | str,
-                   started_at: bytes | str, scheduled_for: bytes | str) -> SlotStatus:
+                   started_at: bytes | str, scheduled_for: bytes | str, follow_up: bytes | str = b"") -> SlotStatus:
         """Build from the fields the scripts return (see the .lua headers)."""
         return cls(
+            follow_up_job_id=_text(follow_up) or None,
             key=key,
             job_id=_text(job_id),
             state=JobState.from_rq(_text(rq_status)),
@@ -106,6 +108,7 @@ class SlotStatus:
             "scheduled_for": _iso(self.scheduled_for),
             "enqueued_at": _iso(self.enqueued_at),
             "started_at": _iso(self.started_at),
+            "follow_up_job_id": self.follow_up_job_id,
         }
 
 
@@ -118,6 +121,13 @@ class Admission:
     ``job`` is None and ``status`` says what the holder is doing. ``recovered`` names why
     a previous holder was stale when its slot was taken over ('gone', 'ended', 'dead'),
     else None. ``error`` is set only by ``enqueue_many(..., raise_errors=False)``.
+
+    With ``on_conflict="replace"``, ``replaced`` is the id of the job withdrawn for this
+    one; with ``"follow_up"``, ``follow_up_of`` is the running job this one waits for.
+    When such a policy could not apply, ``reason`` says why: 'running', 'dequeued' (a
+    worker is starting it), 'due' (RQ's scheduler may be promoting it), 'not_running'
+    (no follow-up for a job that has not started) or 'coalesced' (a follow-up already
+    waits; ``job_id`` is that follow-up's).
     """
 
     admitted: bool
@@ -126,6 +136,9 @@ class Admission:
     job: Job | None = None
     recovered: str | None = None
     error: Exception | None = None
+    replaced: str | None = None
+    follow_up_of: str | None = None
+    reason: str | None = None
 
     @property
     def conflict(self) -> bool:
@@ -139,6 +152,7 @@ class EnqueueRequest:
     ``kwargs`` are read as ``rq.Queue.enqueue`` reads them: RQ's options (job_timeout,
     result_ttl, meta, at_front, ...) are taken out, the rest go to ``func``. ``at`` is
     None for an immediate job, a datetime to schedule at, or a timedelta from now.
+    ``on_conflict`` is "reject" (default), "replace" or "follow_up" (see Deduplicator.enqueue).
     """
 
     key: Key
@@ -146,3 +160,4 @@ class EnqueueRequest:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     at: datetime | timedelta | None = None
+    on_conflict: str = "reject"

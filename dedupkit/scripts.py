@@ -30,9 +30,9 @@ class ScriptSpec:
     variadic: bool = False
 
 
-ADMIT = ScriptSpec("admit.lua", keys=7, argv=5, variadic=True)
-STATUS = ScriptSpec("status.lua", keys=3, argv=3)
-CANCEL = ScriptSpec("cancel.lua", keys=8, argv=4)
+ADMIT = ScriptSpec("admit.lua", keys=10, argv=7, variadic=True)
+STATUS = ScriptSpec("status.lua", keys=4, argv=3)
+CANCEL = ScriptSpec("cancel.lua", keys=9, argv=5)
 SPECS = (ADMIT, STATUS, CANCEL)
 
 

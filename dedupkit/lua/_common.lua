@@ -1,16 +1,24 @@
 -- _common.lua: helpers shared by every dedupkit script; Python prepends this file to
--- admit.lua, status.lua and cancel.lua when it loads them. It reads no KEYS or ARGV.
+-- admit.lua, status.lua and cancel.lua when it loads them. It reads no KEYS or ARGV: each
+-- script passes its keys in a table K = {slots, followups, queue, scheduled, started,
+-- deferred, canceled, job_prefix, exec_prefix} (entries a script does not need are nil).
 --
--- dk_now()                      Redis server time, epoch seconds (float). The scripts trust
---                               this clock only: one clock for every client, so a client
---                               whose clock is off cannot free or block a slot.
--- dk_inspect(job_prefix, exec_prefix, wip_key, scheduled_key, job_id, now)
---   -> nil when the job no longer holds its slot (hash gone or a bare heartbeat hash,
---      status finished/failed/stopped/canceled/created, 'scheduled' with no entry in
---      the scheduled registry, or started with every RQ execution lease expired), else {rq_status, enqueued_at, started_at, scheduled_for}
---      (strings; '' when absent; scheduled_for is the scheduled registry score).
---   Also returns a second value, the reason a holder is not pending: 'gone', 'ended'
---   or 'dead'.
+-- dk_now()        Redis server time, epoch seconds (float). The scripts trust this clock
+--                 only: one clock for every client, so a client whose clock is off can
+--                 neither free nor block a slot.
+-- dk_inspect(K, job_id, now)
+--   -> nil, reason  when the job no longer holds its slot; reason is 'gone' (hash gone, a
+--                   bare heartbeat hash, or 'scheduled' with no entry in the scheduled
+--                   registry), 'ended' (finished/failed/stopped/canceled/created) or
+--                   'dead' (started, but every RQ execution lease has expired)
+--   -> {rq_status, enqueued_at, started_at, scheduled_for}  when it is pending
+-- dk_resolve(K, field, now, write)
+--   -> holder_id, info, reason, follow_id   the slot's pending job (info nil when free),
+--      and a waiting follow-up. When the holder is over and a follow-up waits, the
+--      follow-up becomes the holder (written only when write is true).
+-- dk_withdraw(K, job_id, info, now, due_margin)
+--   -> 'cancelled' | 'running' | 'dequeued' | 'due'   take a pending job out of RQ as
+--      RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe.
 
 local function dk_now()
   local t = redis.call('TIME')
@@ -21,10 +29,10 @@ end
 -- has not expired. RQ's heartbeat pushes that score to now + ttl every
 -- job_monitoring_interval; a SIGKILLed worker stops pushing it. O(1): a job has one
 -- live execution (we look at the 4 newest), each checked with one ZSCORE.
-local function dk_lease_alive(exec_prefix, wip_key, job_id, now)
-  local execs = redis.call('ZREVRANGE', exec_prefix .. job_id, 0, 3)
+local function dk_lease_alive(K, job_id, now)
+  local execs = redis.call('ZREVRANGE', K.exec_prefix .. job_id, 0, 3)
   for _, exec_id in ipairs(execs) do
-    local score = redis.call('ZSCORE', wip_key, job_id .. ':' .. exec_id)
+    local score = redis.call('ZSCORE', K.started, job_id .. ':' .. exec_id)
     if score then
       if score == 'inf' or score == '+inf' then
         return true
@@ -40,15 +48,15 @@ end
 
 local DK_PENDING = { queued = true, scheduled = true, deferred = true }
 
-local function dk_inspect(job_prefix, exec_prefix, wip_key, scheduled_key, job_id, now)
+local function dk_inspect(K, job_id, now)
   -- 'origin' is written with every job; a hash without it is a heartbeat ghost (rq#1450).
-  local f = redis.call('HMGET', job_prefix .. job_id, 'status', 'origin', 'enqueued_at', 'started_at')
+  local f = redis.call('HMGET', K.job_prefix .. job_id, 'status', 'origin', 'enqueued_at', 'started_at')
   local status = f[1]
   if not status or not f[2] then
     return nil, 'gone'
   end
   if status == 'started' then
-    if not dk_lease_alive(exec_prefix, wip_key, job_id, now) then
+    if not dk_lease_alive(K, job_id, now) then
       return nil, 'dead'
     end
   elseif not DK_PENDING[status] then
@@ -56,7 +64,7 @@ local function dk_inspect(job_prefix, exec_prefix, wip_key, scheduled_key, job_i
   end
   local scheduled_for = ''
   if status == 'scheduled' then
-    scheduled_for = redis.call('ZSCORE', scheduled_key, job_id)
+    scheduled_for = redis.call('ZSCORE', K.scheduled, job_id)
     if not scheduled_for then
       -- RQ moves a job out of the scheduled registry and changes its status in one
       -- MULTI; 'scheduled' with no registry entry is an orphan nothing will ever run.
@@ -64,4 +72,79 @@ local function dk_inspect(job_prefix, exec_prefix, wip_key, scheduled_key, job_i
     end
   end
   return { status, f[3] or '', f[4] or '', scheduled_for }, nil
+end
+
+-- RQ enqueues a deferred job when the job it depends on ends. When that job died with
+-- its worker (RQ would wait for its 10-minute maintenance) or its worker died between
+-- marking it failed and enqueueing dependents, do what enqueue_dependents does. RQ's own
+-- enqueue_dependents WATCHes the dependents set we change, so it cannot enqueue it twice.
+local function dk_release(K, job_id, parent_id, enqueued_at)
+  local job_key = K.job_prefix .. job_id
+  redis.call('ZREM', K.deferred, job_id)
+  if parent_id then
+    redis.call('SREM', K.job_prefix .. parent_id .. ':dependents', job_id)
+  end
+  redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
+  if redis.call('HGET', job_key, 'enqueue_at_front') == '1' then
+    redis.call('LPUSH', K.queue, job_id)
+  else
+    redis.call('RPUSH', K.queue, job_id)
+  end
+end
+
+local function dk_resolve(K, field, now, write, enqueued_at)
+  local holder = redis.call('HGET', K.slots, field)
+  local info, reason = nil, nil
+  if holder then
+    info, reason = dk_inspect(K, holder, now)
+  end
+  local follow = K.followups and redis.call('HGET', K.followups, field)
+  if not follow then
+    return holder, info, reason, nil
+  end
+  local finfo = dk_inspect(K, follow, now)
+  if not finfo then
+    if write then
+      redis.call('HDEL', K.followups, field)
+    end
+    return holder, info, reason, nil
+  end
+  if info then
+    return holder, info, reason, follow
+  end
+  -- The holder is over: its follow-up is next in line and holds the slot now.
+  if write then
+    if finfo[1] == 'deferred' then
+      dk_release(K, follow, holder, enqueued_at)
+      finfo = dk_inspect(K, follow, now)
+    end
+    redis.call('HSET', K.slots, field, follow)
+    redis.call('HDEL', K.followups, field)
+  end
+  return follow, finfo, nil, nil
+end
+
+local function dk_withdraw(K, job_id, info, now, due_margin)
+  local status = info[1]
+  if status == 'started' then
+    return 'running'
+  elseif status == 'queued' then
+    if redis.call('LREM', K.queue, 1, job_id) == 0 then
+      return 'dequeued'
+    end
+  elseif status == 'scheduled' then
+    if tonumber(info[4]) <= now + due_margin then
+      return 'due'
+    end
+    redis.call('ZREM', K.scheduled, job_id)
+  elseif status == 'deferred' then
+    redis.call('ZREM', K.deferred, job_id)
+    local parent = redis.call('HGET', K.job_prefix .. job_id, 'dependency_id')
+    if parent then
+      redis.call('SREM', K.job_prefix .. parent .. ':dependents', job_id)
+    end
+  end
+  redis.call('HSET', K.job_prefix .. job_id, 'status', 'canceled')
+  redis.call('ZADD', K.canceled, now, job_id)
+  return 'cancelled'
 end

@@ -1,7 +1,8 @@
 -- cancel.lua: take a dedup key's pending job out of RQ and free the slot, when safe.
 -- A queued job is removed from the queue list, a scheduled one from the scheduled
 -- registry, a deferred one from the deferred registry; it gets status 'canceled' and an
--- entry in the canceled registry, as RQ's own Job.cancel does. Not cancelled:
+-- entry in the canceled registry, as RQ's own Job.cancel does. When the holder runs and a
+-- follow-up waits, the follow-up is what is cancelled. Not cancelled:
 --   running  - the job runs; only RQ's stop command may touch it (Python sends it)
 --   dequeued - status 'queued' but no longer in the list: a worker took it between its
 --              two dequeue steps and will start it; freeing the slot would admit a twin
@@ -12,54 +13,49 @@
 -- KEYS[1]  slots hash       <ns>:slots:<q>
 -- KEYS[2]  gc zset          <ns>:gc:<q>
 -- KEYS[3]  stats hash       <ns>:stats:<q>
--- KEYS[4]  queue list       rq:queue:<q>
--- KEYS[5]  scheduled zset   rq:scheduled:<q>
--- KEYS[6]  started zset     rq:wip:<q>
--- KEYS[7]  deferred zset    rq:deferred:<q>
--- KEYS[8]  canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
+-- KEYS[4]  followups hash   <ns>:followups:<q>
+-- KEYS[5]  queue list       rq:queue:<q>
+-- KEYS[6]  scheduled zset   rq:scheduled:<q>
+-- KEYS[7]  started zset     rq:wip:<q>
+-- KEYS[8]  deferred zset    rq:deferred:<q>
+-- KEYS[9]  canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
 -- ARGV[1]  job key prefix   "rq:job:"
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3]  field            encoded dedup key
 -- ARGV[4]  due margin       seconds; a scheduled job due before now + margin is kept
--- Reply: {outcome, holder_id, rq_status} with outcome one of
---   'cancelled', 'free' (nothing pending; holder_id may be ''), 'running', 'dequeued', 'due'
+-- ARGV[5]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
+-- Reply: {outcome, job_id, rq_status} with outcome one of
+--   'cancelled', 'free' (nothing pending; job_id may be ''), 'running', 'dequeued', 'due'
 
-local slots_key, gc_key, stats_key, queue_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local scheduled_key, wip_key, deferred_key, canceled_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local job_prefix, exec_prefix, field = ARGV[1], ARGV[2], ARGV[3]
-local due_margin = tonumber(ARGV[4])
+local K = {
+  slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
+  deferred = KEYS[8], canceled = KEYS[9], job_prefix = ARGV[1], exec_prefix = ARGV[2],
+}
+local gc_key, stats_key = KEYS[2], KEYS[3]
+local field, due_margin, now_text = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 
 local now = dk_now()
-local holder = redis.call('HGET', slots_key, field)
-if not holder then
-  return { 'free', '', '' }
-end
-local info = dk_inspect(job_prefix, exec_prefix, wip_key, scheduled_key, holder, now)
+local holder, info, _, follow = dk_resolve(K, field, now, true, now_text)
 if not info then
-  redis.call('HDEL', slots_key, field)
-  redis.call('ZREM', gc_key, field)
-  return { 'free', holder, '' }
+  if holder then
+    redis.call('HDEL', K.slots, field)
+    redis.call('ZREM', gc_key, field)
+  end
+  return { 'free', holder or '', '' }
 end
 
-local status = info[1]
-if status == 'started' then
-  return { 'running', holder, status }
-elseif status == 'queued' then
-  if redis.call('LREM', queue_key, 1, holder) == 0 then
-    return { 'dequeued', holder, status }
-  end
-elseif status == 'scheduled' then
-  if tonumber(info[4]) <= now + due_margin then
-    return { 'due', holder, status }
-  end
-  redis.call('ZREM', scheduled_key, holder)
-elseif status == 'deferred' then
-  redis.call('ZREM', deferred_key, holder)
+if follow then
+  dk_withdraw(K, follow, dk_inspect(K, follow, now), now, due_margin)
+  redis.call('HDEL', K.followups, field)
+  redis.call('HINCRBY', stats_key, 'cancelled', 1)
+  return { 'cancelled', follow, 'deferred' }
 end
 
-redis.call('HSET', job_prefix .. holder, 'status', 'canceled')
-redis.call('ZADD', canceled_key, now, holder)
-redis.call('HDEL', slots_key, field)
+local outcome = dk_withdraw(K, holder, info, now, due_margin)
+if outcome ~= 'cancelled' then
+  return { outcome, holder, info[1] }
+end
+redis.call('HDEL', K.slots, field)
 redis.call('ZREM', gc_key, field)
 redis.call('HINCRBY', stats_key, 'cancelled', 1)
-return { 'cancelled', holder, status }
+return { 'cancelled', holder, info[1] }
