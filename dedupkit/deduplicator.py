@@ -222,7 +222,7 @@ class Deduplicator:
         keys = [k.slots, k.gc, k.stats, k.followups, k.queue, k.queues, k.scheduled, k.started, k.deferred,
                 k.canceled]
         args: list[Any] = [k.job_prefix, k.executions_prefix, len(batch), self.gc_budget, self.gc_min_age,
-                           self.due_margin, utcformat(rq_now())]
+                           self.due_margin, utcformat(rq_now()), k.dependents_template, k.dependencies_template]
         for p in batch:
             keys.append(k.job_key(p.job.id))
             args += (p.field, p.job.id, p.mode, p.run_at, p.ttl, p.policy, len(p.pairs) // 2, *p.pairs)
@@ -305,7 +305,8 @@ class Deduplicator:
         reply = self._scripts.call(
             scripts.CANCEL,
             [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.canceled],
-            [k.job_prefix, k.executions_prefix, encode_key(norm), self.due_margin, utcformat(rq_now())],
+            [k.job_prefix, k.executions_prefix, encode_key(norm), self.due_margin, utcformat(rq_now()),
+             k.dependents_template],
         )
         outcome, job_id = reply[0].decode(), reply[1].decode()
         if outcome == "cancelled":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeAlias
@@ -123,6 +124,8 @@ class KeySpace:
     canceled: str  # RQ CanceledJobRegistry
     job_prefix: str  # RQ job hash prefix, "rq:job:"
     executions_prefix: str  # RQ per-job executions zset prefix, "rq:executions:"
+    dependents_template: str  # string.format template of a job's dependents set, "rq:job:%s:dependents"
+    dependencies_template: str  # ... of a job's dependencies set, "rq:job::%s:dependencies" (sic, RQ 2.12)
 
     @classmethod
     def for_queue(cls, queue: Queue, namespace: str) -> KeySpace:
@@ -141,7 +144,19 @@ class KeySpace:
             canceled=queue.canceled_job_registry.key,
             job_prefix=queue.job_class.redis_job_namespace_prefix,
             executions_prefix=ExecutionRegistry.key_template.format(""),
+            dependents_template=_lua_template(queue.job_class.dependents_key_for),
+            dependencies_template=_lua_template(
+                lambda job_id: queue.job_class(job_id, connection=queue.connection).dependencies_key),
         )
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id
+
+
+def _lua_template(key_for: Callable[[str], str]) -> str:
+    """Turn RQ's own key-for-a-job-id function into a Lua string.format template."""
+    marker = "DEDUPKITJOBID"
+    key = key_for(marker)
+    if key.count(marker) != 1:
+        raise AssertionError(f"cannot derive a key template from {key!r}")
+    return key.replace("%", "%%").replace(marker, "%s")

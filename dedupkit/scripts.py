@@ -30,9 +30,9 @@ class ScriptSpec:
     variadic: bool = False
 
 
-ADMIT = ScriptSpec("admit.lua", keys=10, argv=7, variadic=True)
+ADMIT = ScriptSpec("admit.lua", keys=10, argv=9, variadic=True)
 STATUS = ScriptSpec("status.lua", keys=4, argv=3)
-CANCEL = ScriptSpec("cancel.lua", keys=9, argv=5)
+CANCEL = ScriptSpec("cancel.lua", keys=9, argv=6)
 SPECS = (ADMIT, STATUS, CANCEL)
 
 

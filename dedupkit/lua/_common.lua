@@ -1,7 +1,8 @@
 -- _common.lua: helpers shared by every dedupkit script; Python prepends this file to
 -- admit.lua, status.lua and cancel.lua when it loads them. It reads no KEYS or ARGV: each
 -- script passes its keys in a table K = {slots, followups, queue, scheduled, started,
--- deferred, canceled, job_prefix, exec_prefix} (entries a script does not need are nil).
+-- deferred, canceled, job_prefix, exec_prefix, dependents} (entries a script does not
+-- need are nil; 'dependents' is RQ's string.format template of a job's dependents set).
 --
 -- dk_now()        Redis server time, epoch seconds (float). The scripts trust this clock
 --                 only: one clock for every client, so a client whose clock is off can
@@ -82,7 +83,7 @@ local function dk_release(K, job_id, parent_id, enqueued_at)
   local job_key = K.job_prefix .. job_id
   redis.call('ZREM', K.deferred, job_id)
   if parent_id then
-    redis.call('SREM', K.job_prefix .. parent_id .. ':dependents', job_id)
+    redis.call('SREM', string.format(K.dependents, parent_id), job_id)
   end
   redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
   if redis.call('HGET', job_key, 'enqueue_at_front') == '1' then
@@ -141,7 +142,7 @@ local function dk_withdraw(K, job_id, info, now, due_margin)
     redis.call('ZREM', K.deferred, job_id)
     local parent = redis.call('HGET', K.job_prefix .. job_id, 'dependency_id')
     if parent then
-      redis.call('SREM', K.job_prefix .. parent .. ':dependents', job_id)
+      redis.call('SREM', string.format(K.dependents, parent), job_id)
     end
   end
   redis.call('HSET', K.job_prefix .. job_id, 'status', 'canceled')

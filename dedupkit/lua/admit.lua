@@ -30,7 +30,9 @@
 -- ARGV[5]  gc min age       seconds a slot must be unchecked before gc looks at it
 -- ARGV[6]  due margin       seconds; a scheduled holder due before now + margin is kept
 -- ARGV[7]  now text         RQ-format UTC time, written as enqueued_at of a released follow-up
--- ARGV[8..] per request, in order:
+-- ARGV[8]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
+-- ARGV[9]  dependencies tpl RQ's key of a job's dependencies set, "rq:job::%s:dependencies"
+-- ARGV[10..] per request, in order:
 --          field            encoded dedup key
 --          job id           the new job's id
 --          mode             'back' (RPUSH), 'front' (LPUSH) or 'schedule' (ZADD KEYS[7])
@@ -50,12 +52,13 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[7], started = KEYS[8],
-  deferred = KEYS[9], canceled = KEYS[10], job_prefix = ARGV[1], exec_prefix = ARGV[2],
+  deferred = KEYS[9], canceled = KEYS[10], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[8],
 }
+local dependencies_tpl = ARGV[9]
 local gc_key, stats_key, queues_key = KEYS[2], KEYS[3], KEYS[6]
 local n, gc_budget, gc_min_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local due_margin, now_text = tonumber(ARGV[6]), ARGV[7]
-local FIXED_KEYS, FIRST_REQUEST = 10, 8
+local FIXED_KEYS, FIRST_REQUEST = 10, 10
 
 if n ~= #KEYS - FIXED_KEYS then
   return redis.error_reply('ERR admit.lua: ARGV[3]=' .. tostring(ARGV[3]) .. ' but ' .. (#KEYS - FIXED_KEYS)
@@ -130,8 +133,8 @@ for i = 1, n do
         'dependency_ids', '["' .. parent .. '"]', 'allow_dependency_failures', '1')
       redis.call('HDEL', job_key, 'enqueued_at')
       redis.call('ZADD', K.deferred, now, job_id)
-      redis.call('SADD', K.job_prefix .. parent .. ':dependents', job_id)
-      redis.call('SADD', job_key .. ':dependencies', parent)
+      redis.call('SADD', string.format(K.dependents, parent), job_id)
+      redis.call('SADD', string.format(dependencies_tpl, job_id), parent)
       redis.call('HSET', K.followups, field, job_id)
       count('follow_up')
     else

@@ -24,12 +24,13 @@
 -- ARGV[3]  field            encoded dedup key
 -- ARGV[4]  due margin       seconds; a scheduled job due before now + margin is kept
 -- ARGV[5]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
+-- ARGV[6]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
 -- Reply: {outcome, job_id, rq_status} with outcome one of
 --   'cancelled', 'free' (nothing pending; job_id may be ''), 'running', 'dequeued', 'due'
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], canceled = KEYS[9], job_prefix = ARGV[1], exec_prefix = ARGV[2],
+  deferred = KEYS[8], canceled = KEYS[9], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[6],
 }
 local gc_key, stats_key = KEYS[2], KEYS[3]
 local field, due_margin, now_text = ARGV[3], tonumber(ARGV[4]), ARGV[5]
