@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -191,11 +192,24 @@ def machine(conn: redis.Redis | None = None) -> dict[str, Any]:
     }
     if conn is not None:
         info["redis_server"] = conn.info("server").get("redis_version")
+    info["dedupkit_commit"], info["dedupkit_dirty"] = _CODE_VERSION
     try:
         info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
     return info
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+# Taken when the benchmarks are imported, as dedupkit is: the code that is measured.
+_CODE_VERSION = (_git("rev-parse", "--short", "HEAD"), bool(_git("status", "--porcelain", "--", "dedupkit")))
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -240,4 +254,5 @@ def describe(m: dict[str, Any]) -> str:
         return ""
     return (f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, Python {m.get('python')}, "
             f"redis-server {m.get('redis_server')}, rq {m.get('rq')}, redis-py {m.get('redis_py')}, "
-            f"load {m.get('load_avg_at_start')}")
+            f"load {m.get('load_avg_at_start')}, dedupkit {m.get('dedupkit_commit')}"
+            f"{' (modified)' if m.get('dedupkit_dirty') else ''}")
