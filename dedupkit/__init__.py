@@ -17,6 +17,7 @@ from .errors import (
 )
 from .keys import Key, decode_key, encode_key, generate_job_id
 from .models import Admission, EnqueueRequest, JobState, SlotStatus
+from .scheduler import ScheduleEntry, Scheduler, TickResult
 
 __all__ = [
     "Admission",
@@ -29,8 +30,11 @@ __all__ = [
     "JobState",
     "Key",
     "RedisUnavailableError",
+    "ScheduleEntry",
+    "Scheduler",
     "ScriptError",
     "SlotStatus",
+    "TickResult",
     "decode_key",
     "encode_key",
     "generate_job_id",

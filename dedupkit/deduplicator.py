@@ -16,7 +16,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 
 from . import scripts
-from .errors import DedupkitError, InvalidRequestError, JobIdCollisionError
+from .errors import DedupkitError, InvalidRequestError, JobIdCollisionError, ScriptError
 from .keys import Key, KeySpace, encode_key, generate_job_id, normalize_key, validate_prefix
 from .models import Admission, EnqueueRequest, SlotStatus
 
@@ -141,9 +141,10 @@ class Deduplicator:
         Requests are decided in order; two for the same key in one call give one
         admission and one conflict. With ``raise_errors`` (the default) a bad request
         raises before anything is written; without it, its Admission carries the
-        ``error`` and the others go ahead. A job id collision never raises here: that
-        Admission carries a JobIdCollisionError. RedisUnavailableError and ScriptError
-        always raise; batches sent before the failure stay admitted.
+        ``error`` and the others go ahead. A job id collision, or a request the script
+        could not process (damaged data: ScriptError), never raises here: that Admission
+        carries the error and the rest of the batch is decided as usual.
+        RedisUnavailableError raises; batches sent before the failure stay admitted.
         """
         if batch_size < 1:
             raise InvalidRequestError("batch_size must be at least 1")
@@ -232,6 +233,10 @@ class Deduplicator:
     def _admission(self, p: _Prepared, reply: list[Any]) -> Admission:
         decision = reply[0].decode()
         job_id = reply[1].decode()
+        if decision == "error":
+            message = reply[2].decode(errors="replace")
+            logger.error("Key %r: admit.lua failed for this request: %s", p.key, message)
+            return Admission(False, job_id, SlotStatus(p.key), error=ScriptError("admit.lua", RuntimeError(message)))
         if decision == "collision":
             logger.error("Job id %s for key %r already exists; nothing written", job_id, p.key)
             return Admission(False, job_id, SlotStatus(p.key), error=JobIdCollisionError(job_id))

@@ -293,3 +293,19 @@ def test_redis_down_raises_typed_error_quickly() -> None:
             call()
         assert isinstance(err.value.__cause__, redis.exceptions.ConnectionError)
     assert time.monotonic() - started < 5
+
+
+def test_damaged_data_fails_one_request_not_the_batch(dedup: Deduplicator, queue: Queue) -> None:
+    from dedupkit import ScriptError
+
+    conn = queue.connection
+    conn.hset(dedup.keys.slots, "bad", "job_bad_1")
+    conn.set("rq:job:job_bad_1", "not a hash")  # WRONGTYPE for the holder check
+    result = dedup.enqueue_many([EnqueueRequest("ok1", TASK), EnqueueRequest("bad", TASK),
+                                 EnqueueRequest("ok2", TASK)])
+    assert [a.admitted for a in result] == [True, False, True]
+    assert isinstance(result[1].error, ScriptError) and "WRONGTYPE" in str(result[1].error)
+    assert "admit.lua" in str(result[1].error)
+    assert queue.get_job_ids() == [result[0].job_id, result[2].job_id]
+    with pytest.raises(ScriptError, match="admit.lua"):
+        dedup.enqueue("bad", TASK)

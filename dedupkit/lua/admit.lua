@@ -49,6 +49,8 @@
 --     note = '' | why the policy could not apply ('running'|'dequeued'|'due'|
 --            'not_running'|'coalesced' (job_id is then the waiting follow-up))
 --   {'collision', job_id, '', '', '', '', '', ''}   the job hash existed; nothing written
+--   {'error', job_id, message, '', '', '', '', ''}  this request failed (damaged data);
+--     its writes may be partial only if the failure came after the first write
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[7], started = KEYS[8],
@@ -72,12 +74,12 @@ local function count(name)
   counts[name] = (counts[name] or 0) + 1
 end
 
-local pos = FIRST_REQUEST
-for i = 1, n do
+-- One request; returns its reply. Runs under pcall: a request that meets damaged data
+-- (say a key of the wrong type) answers 'error' and the others in the batch go on.
+local function decide(i, pos, last)
   local field, job_id, mode, run_at = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
-  local job_ttl, policy, nfields = tonumber(ARGV[pos + 4]), ARGV[pos + 5], tonumber(ARGV[pos + 6])
+  local job_ttl, policy = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
   local first = pos + 7
-  pos = first + 2 * nfields
   local job_key = KEYS[FIXED_KEYS + i]
 
   local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
@@ -109,17 +111,17 @@ for i = 1, n do
 
   if not admit then
     count('conflict')
-    replies[i] = { 'conflict', holder, info[1], info[2], info[3], info[4], '', note }
+    return { 'conflict', holder, info[1], info[2], info[3], info[4], '', note }
   elseif redis.call('EXISTS', job_key) == 1 then
     count('collision')
-    replies[i] = { 'collision', job_id, '', '', '', '', '', '' }
+    return { 'collision', job_id, '', '', '', '', '', '' }
   else
     local status, enqueued_at = '', ''
-    for j = first, pos - 1, 2 do
+    for j = first, last, 2 do
       if ARGV[j] == 'status' then status = ARGV[j + 1] end
       if ARGV[j] == 'enqueued_at' then enqueued_at = ARGV[j + 1] end
     end
-    redis.call('HSET', job_key, unpack(ARGV, first, pos - 1))
+    redis.call('HSET', job_key, unpack(ARGV, first, last))
     if job_ttl > 0 then
       redis.call('EXPIRE', job_key, job_ttl)
     end
@@ -159,8 +161,22 @@ for i = 1, n do
     end
     redis.call('ZADD', gc_key, now, field)
     count('admitted')
-    replies[i] = { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note }
+    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note }
   end
+end
+
+local pos = FIRST_REQUEST
+for i = 1, n do
+  local nfields = tonumber(ARGV[pos + 6])
+  local last = pos + 6 + 2 * nfields
+  local ok, reply = pcall(decide, i, pos, last)
+  if not ok then
+    count('error')
+    local message = type(reply) == 'table' and (reply.err or reply[1]) or tostring(reply)
+    reply = { 'error', ARGV[pos + 1], tostring(message), '', '', '', '', '' }
+  end
+  replies[i] = reply
+  pos = last + 1
 end
 
 -- Incremental garbage collection of slots whose job has ended: the least recently
