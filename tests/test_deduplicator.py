@@ -307,5 +307,5 @@ def test_damaged_data_fails_one_request_not_the_batch(dedup: Deduplicator, queue
     assert isinstance(result[1].error, ScriptError) and "WRONGTYPE" in str(result[1].error)
     assert "admit.lua" in str(result[1].error)
     assert queue.get_job_ids() == [result[0].job_id, result[2].job_id]
-    with pytest.raises(ScriptError, match="admit.lua"):
+    with pytest.raises(ScriptError, match=r"admit\.lua"):
         dedup.enqueue("bad", TASK)
