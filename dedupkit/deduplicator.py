@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 from rq import Queue
 from rq.command import send_stop_job_command
@@ -17,7 +18,7 @@ from rq.utils import utcformat
 
 from . import scripts
 from .errors import DedupkitError, InvalidRequestError, JobIdCollisionError, ScriptError
-from .keys import Key, KeySpace, encode_key, generate_job_id, normalize_key, validate_prefix
+from .keys import Key, KeySpace, decode_key, encode_key, generate_job_id, normalize_key, validate_prefix
 from .models import Admission, EnqueueRequest, SlotStatus
 
 logger = logging.getLogger("dedupkit")
@@ -291,6 +292,97 @@ class Deduplicator:
         with scripts.redis_errors():
             raw: dict[bytes, bytes] = self.connection.hgetall(self.keys.stats)  # type: ignore[assignment]
         return {name.decode(): int(value) for name, value in raw.items()}
+
+    # -- operators -----------------------------------------------------------------
+
+    def slots(self, cursor: int = 0, count: int = 100) -> tuple[int, list[tuple[str, str, SlotStatus]]]:
+        """One page of occupied slots: (next cursor, [(key, slot's job id, status)]).
+
+        HSCAN-based (never blocks Redis); cursor 0 starts, a returned 0 means done. A
+        slot whose job has ended shows a free status until gc or ``sweep`` deletes it.
+        """
+        with scripts.redis_errors():
+            cursor, page = self._hscan(cursor, count)
+        rows = []
+        for field, job_id in sorted(page.items()):
+            key = decode_key(field.decode())
+            rows.append((key, job_id.decode(), self.status(key)))
+        return int(cursor), rows
+
+    def sweep(self, batch_size: int = 100) -> int:
+        """Delete every slot whose job has ended, ``batch_size`` slots per script call.
+
+        Admissions already collect such slots a few at a time; this is for operators.
+        Returns how many were deleted.
+        """
+        k = self.keys
+        deleted, cursor = 0, 0
+        while True:
+            with scripts.redis_errors():
+                cursor, page = self._hscan(cursor, batch_size)
+            if page:
+                deleted += int(self._scripts.call(
+                    scripts.SWEEP, [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred],
+                    [k.job_prefix, k.executions_prefix, utcformat(rq_now()), k.dependents_template, *page]))
+            if int(cursor) == 0:
+                return deleted
+
+    def adopt(self, id_pattern: str, *, batch_size: int = 500) -> dict[str, int]:
+        """Give pending jobs enqueued before dedupkit their key's slot (a one-off migration).
+
+        ``id_pattern`` describes the old job ids, ``{key}`` where the key is and ``*`` for
+        anything, e.g. ``"email_process_{key}_*"``. Reads RQ's queue and its scheduled,
+        started and deferred registries in pages (a one-off scan, not a hot path).
+        Returns counts: adopted, already, held (another pending job had the slot: a
+        duplicate from before dedupkit), not_pending, unmatched.
+        """
+        if id_pattern.count("{key}") != 1:
+            raise InvalidRequestError("id_pattern must contain {key} exactly once")
+        before, _, after = id_pattern.partition("{key}")
+        regex = re.compile(
+            re.escape(before).replace(r"\*", ".*") + "(?P<key>.+?)" + re.escape(after).replace(r"\*", ".*"))
+        counts: dict[str, int] = {"adopted": 0, "already": 0, "held": 0, "not_pending": 0, "unmatched": 0}
+        pairs: list[str] = []
+
+        def flush() -> None:
+            k = self.keys
+            for reply in self._scripts.call(scripts.ADOPT, [k.slots, k.gc, k.followups, k.scheduled, k.started],
+                                            [k.job_prefix, k.executions_prefix, *pairs]):
+                counts[reply.decode().partition(":")[0]] += 1
+            pairs.clear()
+
+        for job_id in self._rq_job_ids(batch_size):
+            match = regex.fullmatch(job_id)
+            try:
+                field = encode_key(match.group("key")) if match else None
+            except DedupkitError:
+                field = None
+            if field is None:
+                counts["unmatched"] += 1
+                continue
+            pairs += (field, job_id)
+            if len(pairs) >= 2 * batch_size:
+                flush()
+        if pairs:
+            flush()
+        logger.info("adopt %r on queue %s: %s", id_pattern, self.queue.name, counts)
+        return counts
+
+    def _hscan(self, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
+        next_cursor, page = self.connection.hscan(self.keys.slots, cursor, count=count)
+        return int(next_cursor), cast(dict[bytes, bytes], page)
+
+    def _rq_job_ids(self, page: int) -> Iterator[str]:
+        conn, k = self.connection, self.keys
+        with scripts.redis_errors():
+            start = 0
+            while ids := cast(list[bytes], conn.lrange(k.queue, start, start + page - 1)):
+                yield from (i.decode() for i in ids)
+                start += page
+            for zkey in (k.scheduled, k.started, k.deferred):
+                for member, _ in conn.zscan_iter(zkey, count=page):
+                    # started registry members are <job id>:<execution id>
+                    yield member.decode().split(":")[0]
 
     # -- cancelling ----------------------------------------------------------------
 

@@ -27,13 +27,16 @@ class ScriptSpec:
     name: str
     keys: int
     argv: int
-    variadic: bool = False
+    more_keys: bool = False
+    more_argv: bool = False
 
 
-ADMIT = ScriptSpec("admit.lua", keys=10, argv=9, variadic=True)
+ADMIT = ScriptSpec("admit.lua", keys=10, argv=9, more_keys=True, more_argv=True)
 STATUS = ScriptSpec("status.lua", keys=4, argv=3)
 CANCEL = ScriptSpec("cancel.lua", keys=9, argv=6)
-SPECS = (ADMIT, STATUS, CANCEL)
+SWEEP = ScriptSpec("sweep.lua", keys=8, argv=4, more_argv=True)
+ADOPT = ScriptSpec("adopt.lua", keys=5, argv=2, more_argv=True)
+SPECS = (ADMIT, STATUS, CANCEL, SWEEP, ADOPT)
 
 
 @cache
@@ -58,8 +61,9 @@ class Scripts:
 
     def call(self, spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script (one EVALSHA; EVAL once more after NOSCRIPT)."""
-        for what, have, fixed in (("KEYS", len(keys), spec.keys), ("ARGV", len(args), spec.argv)):
-            if have < fixed or (not spec.variadic and have != fixed):
+        for what, have, fixed, more in (("KEYS", len(keys), spec.keys, spec.more_keys),
+                                        ("ARGV", len(args), spec.argv, spec.more_argv)):
+            if have < fixed or (not more and have != fixed):
                 raise AssertionError(f"{spec.name} takes {fixed} {what}, called with {have}")
         with redis_errors():
             try:

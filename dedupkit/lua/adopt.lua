@@ -1,0 +1,39 @@
+-- adopt.lua: give pending jobs enqueued before dedupkit their key's slot (a one-off
+-- migration, so jobs already queued keep counting). A slot whose pending holder is
+-- another job is left alone and reported: that key had duplicates before dedupkit.
+--
+-- KEYS[1]  slots hash       <ns>:slots:<q>
+-- KEYS[2]  gc zset          <ns>:gc:<q>
+-- KEYS[3]  followups hash   <ns>:followups:<q>
+-- KEYS[4]  scheduled zset   rq:scheduled:<q>
+-- KEYS[5]  started zset     rq:wip:<q>
+-- ARGV[1]  job key prefix   "rq:job:"
+-- ARGV[2]  executions prefix "rq:executions:"
+-- ARGV[3..] pairs           field (encoded dedup key), job id; repeated
+-- Reply: one string per pair: 'adopted', 'already' (the slot names this job),
+--        'held:<holder id>' (another pending job holds the slot), 'not_pending'
+
+local K = {
+  slots = KEYS[1], followups = KEYS[3], scheduled = KEYS[4], started = KEYS[5],
+  job_prefix = ARGV[1], exec_prefix = ARGV[2],
+}
+local gc_key = KEYS[2]
+
+local now = dk_now()
+local replies = {}
+for i = 3, #ARGV - 1, 2 do
+  local field, job_id = ARGV[i], ARGV[i + 1]
+  local holder, info = dk_resolve(K, field, now, false)
+  if info and holder == job_id then
+    replies[#replies + 1] = 'already'
+  elseif info then
+    replies[#replies + 1] = 'held:' .. holder
+  elseif not dk_inspect(K, job_id, now) then
+    replies[#replies + 1] = 'not_pending'
+  else
+    redis.call('HSET', K.slots, field, job_id)
+    redis.call('ZADD', gc_key, now, field)
+    replies[#replies + 1] = 'adopted'
+  end
+end
+return replies

@@ -1,0 +1,39 @@
+-- sweep.lua: delete the given slots whose job is no longer pending (operators' sweep;
+-- Python pages through the slots hash with HSCAN and sends a small batch per call).
+-- A slot whose holder is over while a follow-up waits passes to the follow-up instead.
+--
+-- KEYS[1]  slots hash       <ns>:slots:<q>
+-- KEYS[2]  gc zset          <ns>:gc:<q>
+-- KEYS[3]  stats hash       <ns>:stats:<q>
+-- KEYS[4]  followups hash   <ns>:followups:<q>
+-- KEYS[5]  queue list       rq:queue:<q>
+-- KEYS[6]  scheduled zset   rq:scheduled:<q>
+-- KEYS[7]  started zset     rq:wip:<q>
+-- KEYS[8]  deferred zset    rq:deferred:<q>
+-- ARGV[1]  job key prefix   "rq:job:"
+-- ARGV[2]  executions prefix "rq:executions:"
+-- ARGV[3]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
+-- ARGV[4]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
+-- ARGV[5..] field           encoded dedup keys to check
+-- Reply: the number of slots deleted
+
+local K = {
+  slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
+  deferred = KEYS[8], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[4],
+}
+local gc_key, stats_key, now_text = KEYS[2], KEYS[3], ARGV[3]
+
+local now = dk_now()
+local deleted = 0
+for i = 5, #ARGV do
+  local field = ARGV[i]
+  local _, info = dk_resolve(K, field, now, true, now_text)
+  if not info and redis.call('HDEL', K.slots, field) == 1 then
+    redis.call('ZREM', gc_key, field)
+    deleted = deleted + 1
+  end
+end
+if deleted > 0 then
+  redis.call('HINCRBY', stats_key, 'swept', deleted)
+end
+return deleted
