@@ -309,3 +309,13 @@ def test_damaged_data_fails_one_request_not_the_batch(dedup: Deduplicator, queue
     assert queue.get_job_ids() == [result[0].job_id, result[2].job_id]
     with pytest.raises(ScriptError, match=r"admit\.lua"):
         dedup.enqueue("bad", TASK)
+
+
+def test_damaged_data_met_by_gc_does_not_fail_the_admission(queue: Queue) -> None:
+    dedup = Deduplicator(queue, gc_budget=5, gc_min_age=0)
+    conn = queue.connection
+    conn.hset(dedup.keys.slots, "bad", "job_bad_1")
+    conn.zadd(dedup.keys.gc, {"bad": 0})
+    conn.set("rq:job:job_bad_1", "not a hash")
+    assert dedup.enqueue("fine", TASK).admitted
+    assert conn.zscore(dedup.keys.gc, "bad") > 0, "looked at again later"

@@ -180,23 +180,32 @@ for i = 1, n do
 end
 
 -- Incremental garbage collection of slots whose job has ended: the least recently
--- checked slots first, a fixed budget per call, so no call ever scans.
+-- checked slots first, a fixed budget per call, so no call ever scans. Housekeeping runs
+-- under pcall: damaged data here must not turn the decisions above into an error reply.
+local function collect(field)
+  local _, alive = dk_resolve(K, field, now, true, now_text)
+  if alive then
+    redis.call('ZADD', gc_key, now, field)
+  else
+    redis.call('HDEL', K.slots, field)
+    redis.call('ZREM', gc_key, field)
+    count('swept')
+  end
+end
+
 if gc_budget > 0 then
   local due = redis.call('ZRANGEBYSCORE', gc_key, '-inf', now - gc_min_age, 'LIMIT', 0, gc_budget)
   for _, field in ipairs(due) do
-    local _, alive = dk_resolve(K, field, now, true, now_text)
-    if alive then
-      redis.call('ZADD', gc_key, now, field)
-    else
-      redis.call('HDEL', K.slots, field)
-      redis.call('ZREM', gc_key, field)
-      count('swept')
+    if not pcall(collect, field) then
+      redis.call('ZADD', gc_key, now, field)  -- look again later, after the others
     end
   end
 end
 
-for name, c in pairs(counts) do
-  redis.call('HINCRBY', stats_key, name, c)
-end
+pcall(function()
+  for name, c in pairs(counts) do
+    redis.call('HINCRBY', stats_key, name, c)
+  end
+end)
 
 return replies
