@@ -1,6 +1,15 @@
-"""The ``dedupkit`` command. One subcommand per operator task; today: ``scheduler``.
+"""The ``dedupkit`` command. One subcommand per operator task, modelled on ``rq info``.
 
     dedupkit scheduler --app myapp.schedule:make_scheduler --interval 60 [--url redis://...]
+    dedupkit status QUEUE [KEY]      one key's slot, or the queue's counters and sizes
+    dedupkit list QUEUE              every occupied slot: key, job id, state, age (HSCAN pages)
+    dedupkit cancel QUEUE KEY        cancel the key's queued/scheduled/deferred job
+    dedupkit stats QUEUE             the decision counters
+    dedupkit sweep QUEUE             delete slots of ended jobs, in small batches
+    dedupkit adopt QUEUE --id-pattern 'email_process_{key}_*'   one-off migration
+
+Every command but ``scheduler`` takes ``--url`` (default ``$REDIS_URL``, then
+redis://127.0.0.1:6379/0), ``--namespace`` and ``--json``.
 
 ``--app module:factory`` names a callable returning a ``dedupkit.scheduler.Scheduler``.
 It is called with ``redis_url=`` (the ``--url`` value, or None) when its signature takes
@@ -14,12 +23,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
+from .deduplicator import Deduplicator
+from .errors import DedupkitError
+from .models import SlotStatus
 from .scheduler import Scheduler
 
 Handler = Callable[[argparse.Namespace], int]
@@ -95,7 +109,148 @@ def _add_scheduler(sub: Any) -> None:
     p.set_defaults(handler=_run_scheduler)
 
 
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_scheduler,)
+def _dedup(args: argparse.Namespace) -> Deduplicator:
+    from redis import Redis
+    from rq import Queue
+
+    connection = Redis.from_url(args.url, socket_timeout=10, socket_connect_timeout=5)
+    return Deduplicator(Queue(args.queue, connection=connection), namespace=args.namespace)
+
+
+def _emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _age(status: SlotStatus) -> str:
+    since = status.started_at or status.enqueued_at
+    if since is None:
+        return "-"
+    seconds = int((datetime.now(timezone.utc) - since).total_seconds())
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
+def _describe(status: SlotStatus) -> str:
+    if not status.pending:
+        return "free"
+    when = f", scheduled for {status.scheduled_for:%Y-%m-%d %H:%M:%S} UTC" if status.scheduled_for else ""
+    follow = f", follow-up {status.follow_up_job_id} waiting" if status.follow_up_job_id else ""
+    return f"{status.state.value if status.state else ''} {status.job_id} (age {_age(status)}{when}{follow})"
+
+
+def _queue_sizes(dedup: Deduplicator) -> dict[str, int]:
+    conn, k = dedup.connection, dedup.keys
+    return {"slots": int(conn.hlen(k.slots)), "follow_ups": int(conn.hlen(k.followups)),
+            "queued": int(conn.llen(k.queue)), "scheduled": int(conn.zcard(k.scheduled)),
+            "started": int(conn.zcard(k.started)), "deferred": int(conn.zcard(k.deferred))}
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    dedup = _dedup(args)
+    if args.key is not None:
+        status = dedup.status(args.key)
+        _emit(args, status.to_dict(), [f"{args.queue} {status.key}: {_describe(status)}"])
+        return 0
+    sizes, stats = _queue_sizes(dedup), dedup.stats()
+    _emit(args, {"queue": args.queue, "sizes": sizes, "stats": stats},
+          [f"queue {args.queue}", *(f"  {name:<11} {value}" for name, value in sizes.items()),
+           "decisions", *(f"  {name:<11} {value}" for name, value in sorted(stats.items()))])
+    return 0
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    dedup = _dedup(args)
+    cursor, rows = args.cursor, []
+    while True:
+        cursor, page = dedup.slots(cursor, count=args.count)
+        rows += page
+        if cursor == 0 or not args.all:
+            break
+    data = {"cursor": cursor, "slots": [dict(s.to_dict(), slot_job_id=job_id) for _, job_id, s in rows]}
+    lines = [f"{'KEY':<32} {'JOB ID':<48} {'STATE':<10} AGE"]
+    lines += [f"{key[:32]:<32} {job_id[:48]:<48} {(s.state.value if s.state else 'ended'):<10} {_age(s)}"
+              for key, job_id, s in rows]
+    lines.append(f"{len(rows)} slots" + (f"; more: --cursor {cursor}" if cursor else ""))
+    _emit(args, data, lines)
+    return 0
+
+
+def _run_cancel(args: argparse.Namespace) -> int:
+    dedup = _dedup(args)
+    before = dedup.status(args.key)
+    done = dedup.cancel(args.key, stop_running=args.stop_running)
+    after = dedup.status(args.key)
+    verdict = "cancelled" if done else "not cancelled"
+    _emit(args, {"cancelled": done, "before": before.to_dict(), "after": after.to_dict()},
+          [f"{args.queue} {before.key}: {verdict}; was {_describe(before)}; now {_describe(after)}"])
+    return 0 if done else 1
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    stats = _dedup(args).stats()
+    _emit(args, stats, [f"{name:<11} {value}" for name, value in sorted(stats.items())] or ["no decisions yet"])
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    deleted = _dedup(args).sweep(batch_size=args.batch_size)
+    _emit(args, {"deleted": deleted}, [f"deleted {deleted} stale slots"])
+    return 0
+
+
+def _run_adopt(args: argparse.Namespace) -> int:
+    counts = _dedup(args).adopt(args.id_pattern)
+    _emit(args, counts, [f"{name:<11} {value}" for name, value in counts.items()])
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("queue", metavar="QUEUE", help="RQ queue name")
+    p.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                   help="Redis URL (default $REDIS_URL, then redis://127.0.0.1:6379/0)")
+    p.add_argument("--namespace", default="dedupkit", help="dedupkit key namespace (default dedupkit)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_operator_commands(sub: Any) -> None:
+    p = sub.add_parser("status", help="a key's slot, or the queue's sizes and counters")
+    _common(p)
+    p.add_argument("key", nargs="?", metavar="KEY")
+    p.set_defaults(handler=_run_status)
+
+    p = sub.add_parser("list", help="occupied slots, one HSCAN page at a time")
+    _common(p)
+    p.add_argument("--cursor", type=int, default=0, help="continue from this cursor")
+    p.add_argument("--count", type=int, default=100, help="slots per page (HSCAN COUNT hint)")
+    p.add_argument("--all", action="store_true", help="follow every page")
+    p.set_defaults(handler=_run_list)
+
+    p = sub.add_parser("cancel", help="cancel a key's queued/scheduled/deferred job (exit 1 if not)")
+    _common(p)
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--stop-running", action="store_true", help="send RQ's stop command to a running job")
+    p.set_defaults(handler=_run_cancel)
+
+    p = sub.add_parser("stats", help="decision counters")
+    _common(p)
+    p.set_defaults(handler=_run_stats)
+
+    p = sub.add_parser("sweep", help="delete slots whose job has ended, in small batches")
+    _common(p)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.set_defaults(handler=_run_sweep)
+
+    p = sub.add_parser("adopt", help="give pending jobs from before dedupkit their key's slot")
+    _common(p)
+    p.add_argument("--id-pattern", required=True, help="old job ids, e.g. 'email_process_{key}_*'")
+    p.set_defaults(handler=_run_adopt)
+
+
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_scheduler, _add_operator_commands)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except CliError as exc:
+    except (CliError, DedupkitError) as exc:
         print(f"dedupkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
