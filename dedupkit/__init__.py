@@ -16,7 +16,7 @@ from .errors import (
     ScriptError,
 )
 from .keys import Key, decode_key, encode_key, generate_job_id
-from .models import Admission, EnqueueRequest, JobState, SlotStatus
+from .models import Admission, EnqueueRequest, JobState, LastRun, SlotStatus
 from .scheduler import ScheduleEntry, Scheduler, TickResult
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "JobIdCollisionError",
     "JobState",
     "Key",
+    "LastRun",
     "RedisUnavailableError",
     "ScheduleEntry",
     "Scheduler",

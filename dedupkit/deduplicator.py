@@ -6,6 +6,7 @@ import enum
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from rq.utils import utcformat
 from . import scripts
 from .errors import DedupkitError, InvalidRequestError, JobIdCollisionError, ScriptError
 from .keys import Key, KeySpace, decode_key, encode_key, generate_job_id, normalize_key, validate_prefix
-from .models import Admission, EnqueueRequest, SlotStatus
+from .models import Admission, EnqueueRequest, LastRun, SlotStatus
 
 logger = logging.getLogger("dedupkit")
 
@@ -222,7 +223,7 @@ class Deduplicator:
     def _admit(self, batch: Sequence[_Prepared]) -> list[Admission]:
         k = self.keys
         keys = [k.slots, k.gc, k.stats, k.followups, k.queue, k.queues, k.scheduled, k.started, k.deferred,
-                k.canceled]
+                k.canceled, k.last]
         args: list[Any] = [k.job_prefix, k.executions_prefix, len(batch), self.gc_budget, self.gc_min_age,
                            self.due_margin, utcformat(rq_now()), k.dependents_template, k.dependencies_template]
         for p in batch:
@@ -268,11 +269,12 @@ class Deduplicator:
         """What holds ``key``'s slot now: one read-only script call, O(1)."""
         norm = normalize_key(key)
         k = self.keys
-        reply = self._scripts.call(scripts.STATUS, [k.slots, k.followups, k.scheduled, k.started],
+        reply = self._scripts.call(scripts.STATUS, [k.slots, k.followups, k.scheduled, k.started, k.last],
                                    [k.job_prefix, k.executions_prefix, encode_key(norm)])
-        if not reply:
-            return SlotStatus(norm)
-        return SlotStatus.from_reply(norm, *reply)
+        last = LastRun.parse(reply[6])
+        if not reply[0]:
+            return SlotStatus(norm, last_run=last)
+        return replace(SlotStatus.from_reply(norm, *reply[:6]), last_run=last)
 
     def is_running(self, key: Key) -> bool:
         return self.status(key).has_running_job
@@ -322,7 +324,8 @@ class Deduplicator:
                 cursor, page = self._hscan(cursor, batch_size)
             if page:
                 deleted += int(self._scripts.call(
-                    scripts.SWEEP, [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred],
+                    scripts.SWEEP,
+                    [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.last],
                     [k.job_prefix, k.executions_prefix, utcformat(rq_now()), k.dependents_template, *page]))
             if int(cursor) == 0:
                 return deleted
@@ -401,7 +404,7 @@ class Deduplicator:
         k = self.keys
         reply = self._scripts.call(
             scripts.CANCEL,
-            [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.canceled],
+            [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.canceled, k.last],
             [k.job_prefix, k.executions_prefix, encode_key(norm), self.due_margin, utcformat(rq_now()),
              k.dependents_template],
         )

@@ -116,6 +116,7 @@ class KeySpace:
     gc: str  # zset: encoded dedup key -> when its slot was last checked (Redis time)
     stats: str  # hash: decision -> count
     followups: str  # hash: encoded dedup key -> id of the follow-up waiting for the running holder
+    last: str  # hash: encoded dedup key -> "<job id>|<final status>|<ended at>" of its last run
     queue: str  # RQ queue list
     queues: str  # RQ set of queue keys
     scheduled: str  # RQ ScheduledJobRegistry
@@ -136,6 +137,7 @@ class KeySpace:
             gc=f"{namespace}:gc:{queue.name}",
             stats=f"{namespace}:stats:{queue.name}",
             followups=f"{namespace}:followups:{queue.name}",
+            last=f"{namespace}:last:{queue.name}",
             queue=queue.key,
             queues=queue.redis_queues_keys,
             scheduled=queue.scheduled_job_registry.key,

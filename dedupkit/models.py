@@ -49,6 +49,32 @@ def _iso(value: datetime | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class LastRun:
+    """How a key's previous job ended: status is RQ's final status ('finished', 'failed',
+    'stopped', 'canceled'), 'dead' (its worker died mid-job) or 'gone' (its hash vanished
+    before dedupkit saw how it ended)."""
+
+    job_id: str
+    status: str
+    ended_at: datetime | None
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> LastRun | None:
+        text = _text(raw)
+        if not text:
+            return None
+        job_id, status, ended = text.split("|", 2)
+        try:
+            ended_at = _rq_time(ended)
+        except ValueError:
+            ended_at = None
+        return cls(job_id, status, ended_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "status": self.status, "ended_at": _iso(self.ended_at)}
+
+
+@dataclass(frozen=True)
 class SlotStatus:
     """The state of one dedup key's slot, as one status script call saw it."""
 
@@ -59,6 +85,7 @@ class SlotStatus:
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
     follow_up_job_id: str | None = None
+    last_run: LastRun | None = None
 
     @property
     def pending(self) -> bool:
@@ -109,6 +136,7 @@ class SlotStatus:
             "enqueued_at": _iso(self.enqueued_at),
             "started_at": _iso(self.started_at),
             "follow_up_job_id": self.follow_up_job_id,
+            "last_run": self.last_run.to_dict() if self.last_run else None,
         }
 
 

@@ -1,8 +1,9 @@
 -- _common.lua: helpers shared by every dedupkit script; Python prepends this file to
 -- admit.lua, status.lua and cancel.lua when it loads them. It reads no KEYS or ARGV: each
--- script passes its keys in a table K = {slots, followups, queue, scheduled, started,
--- deferred, canceled, job_prefix, exec_prefix, dependents} (entries a script does not
--- need are nil; 'dependents' is RQ's string.format template of a job's dependents set).
+-- script passes its keys in a table K = {slots, followups, last, queue, scheduled,
+-- started, deferred, canceled, job_prefix, exec_prefix, dependents} (entries a script does
+-- not need are nil; 'dependents' is RQ's string.format template of a job's dependents set;
+-- 'last' is the hash of each key's last run, "<job id>|<final status>|<ended at>").
 --
 -- dk_now()        Redis server time, epoch seconds (float). The scripts trust this clock
 --                 only: one clock for every client, so a client whose clock is off can
@@ -17,6 +18,9 @@
 --   -> holder_id, info, reason, follow_id   the slot's pending job (info nil when free),
 --      and a waiting follow-up. When the holder is over and a follow-up waits, the
 --      follow-up becomes the holder (written only when write is true).
+-- dk_remember(K, field, job_id, reason, now_text)
+--   record a holder that is over as the key's last run (status 'dead' when its worker
+--   died, 'gone' when its hash vanished; ended at: RQ's ended_at, else now_text)
 -- dk_withdraw(K, job_id, info, now, due_margin)
 --   -> 'cancelled' | 'running' | 'dequeued' | 'due'   take a pending job out of RQ as
 --      RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe.
@@ -93,6 +97,22 @@ local function dk_release(K, job_id, parent_id, enqueued_at)
   end
 end
 
+local function dk_remember(K, field, job_id, reason, now_text)
+  if not K.last then
+    return
+  end
+  local f = redis.call('HMGET', K.job_prefix .. job_id, 'status', 'ended_at')
+  local status = f[1] or 'gone'
+  if reason == 'dead' or reason == 'gone' then
+    status = reason
+  end
+  local ended = f[2]
+  if not ended or ended == '' then
+    ended = now_text
+  end
+  redis.call('HSET', K.last, field, job_id .. '|' .. status .. '|' .. ended)
+end
+
 local function dk_resolve(K, field, now, write, enqueued_at)
   local holder = redis.call('HGET', K.slots, field)
   local info, reason = nil, nil
@@ -115,6 +135,9 @@ local function dk_resolve(K, field, now, write, enqueued_at)
   end
   -- The holder is over: its follow-up is next in line and holds the slot now.
   if write then
+    if holder then
+      dk_remember(K, field, holder, reason, enqueued_at)
+    end
     if finfo[1] == 'deferred' then
       dk_release(K, follow, holder, enqueued_at)
       finfo = dk_inspect(K, follow, now)

@@ -22,10 +22,11 @@
 -- KEYS[8]  started zset     rq:wip:<q>, member <job_id>:<exec_id>, score = lease end (epoch s)
 -- KEYS[9]  deferred zset    rq:deferred:<q>
 -- KEYS[10] canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
--- KEYS[11..] job hash       rq:job:<new job id>, one per request, in request order
+-- KEYS[11] last-run hash    <ns>:last:<q>, field = encoded key, value = "<job id>|<status>|<ended at>"
+-- KEYS[12..] job hash       rq:job:<new job id>, one per request, in request order
 -- ARGV[1]  job key prefix   "rq:job:" (for holders' ids, which Python cannot know)
 -- ARGV[2]  executions prefix "rq:executions:"
--- ARGV[3]  n                number of requests (= #KEYS - 10)
+-- ARGV[3]  n                number of requests (= #KEYS - 11)
 -- ARGV[4]  gc budget        how many of the least recently checked slots to check (>= 0)
 -- ARGV[5]  gc min age       seconds a slot must be unchecked before gc looks at it
 -- ARGV[6]  due margin       seconds; a scheduled holder due before now + margin is kept
@@ -54,13 +55,14 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[7], started = KEYS[8],
-  deferred = KEYS[9], canceled = KEYS[10], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[8],
+  deferred = KEYS[9], canceled = KEYS[10], last = KEYS[11], job_prefix = ARGV[1], exec_prefix = ARGV[2],
+  dependents = ARGV[8],
 }
 local dependencies_tpl = ARGV[9]
 local gc_key, stats_key, queues_key = KEYS[2], KEYS[3], KEYS[6]
 local n, gc_budget, gc_min_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local due_margin, now_text = tonumber(ARGV[6]), ARGV[7]
-local FIXED_KEYS, FIRST_REQUEST = 10, 10
+local FIXED_KEYS, FIRST_REQUEST = 11, 10
 
 if n ~= #KEYS - FIXED_KEYS then
   return redis.error_reply('ERR admit.lua: ARGV[3]=' .. tostring(ARGV[3]) .. ' but ' .. (#KEYS - FIXED_KEYS)
@@ -88,6 +90,7 @@ local function decide(i, pos, last)
   if info and policy == 'replace' then
     local outcome = dk_withdraw(K, holder, info, now, due_margin)
     if outcome == 'cancelled' then
+      dk_remember(K, field, holder, nil, now_text)
       -- A waiting follow-up belongs to the holder being replaced: it goes too.
       if follow then
         dk_withdraw(K, follow, dk_inspect(K, follow, now), now, due_margin)
@@ -156,6 +159,7 @@ local function decide(i, pos, last)
       end
       if holder and reason then
         count('recovered')
+        dk_remember(K, field, holder, reason, now_text)
       end
       redis.call('HSET', K.slots, field, job_id)
     end
@@ -183,10 +187,13 @@ end
 -- checked slots first, a fixed budget per call, so no call ever scans. Housekeeping runs
 -- under pcall: damaged data here must not turn the decisions above into an error reply.
 local function collect(field)
-  local _, alive = dk_resolve(K, field, now, true, now_text)
+  local holder, alive, reason = dk_resolve(K, field, now, true, now_text)
   if alive then
     redis.call('ZADD', gc_key, now, field)
   else
+    if holder then
+      dk_remember(K, field, holder, reason, now_text)
+    end
     redis.call('HDEL', K.slots, field)
     redis.call('ZREM', gc_key, field)
     count('swept')

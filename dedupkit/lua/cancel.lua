@@ -19,6 +19,7 @@
 -- KEYS[7]  started zset     rq:wip:<q>
 -- KEYS[8]  deferred zset    rq:deferred:<q>
 -- KEYS[9]  canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
+-- KEYS[10] last-run hash    <ns>:last:<q>
 -- ARGV[1]  job key prefix   "rq:job:"
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3]  field            encoded dedup key
@@ -30,15 +31,17 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], canceled = KEYS[9], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[6],
+  deferred = KEYS[8], canceled = KEYS[9], last = KEYS[10], job_prefix = ARGV[1], exec_prefix = ARGV[2],
+  dependents = ARGV[6],
 }
 local gc_key, stats_key = KEYS[2], KEYS[3]
 local field, due_margin, now_text = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 
 local now = dk_now()
-local holder, info, _, follow = dk_resolve(K, field, now, true, now_text)
+local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
 if not info then
   if holder then
+    dk_remember(K, field, holder, reason, now_text)
     redis.call('HDEL', K.slots, field)
     redis.call('ZREM', gc_key, field)
   end
@@ -56,6 +59,7 @@ local outcome = dk_withdraw(K, holder, info, now, due_margin)
 if outcome ~= 'cancelled' then
   return { outcome, holder, info[1] }
 end
+dk_remember(K, field, holder, nil, now_text)
 redis.call('HDEL', K.slots, field)
 redis.call('ZREM', gc_key, field)
 redis.call('HINCRBY', stats_key, 'cancelled', 1)

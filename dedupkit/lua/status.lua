@@ -1,24 +1,32 @@
--- status.lua: report what holds one dedup key's slot. Read-only, O(1).
+-- status.lua: report what holds one dedup key's slot, and the key's last run. Read-only, O(1).
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>
 -- KEYS[2]  followups hash   <ns>:followups:<q>
 -- KEYS[3]  scheduled zset   rq:scheduled:<q>
 -- KEYS[4]  started zset     rq:wip:<q>
+-- KEYS[5]  last-run hash    <ns>:last:<q>
 -- ARGV[1]  job key prefix   "rq:job:"
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3]  field            encoded dedup key
--- Reply: {holder_id, rq_status, enqueued_at, started_at, scheduled_for, follow_up_id or ''}
---        when a pending job holds the slot; {} when the slot is free (empty, or its
---        holder is stale and no follow-up waits).
+-- Reply: {holder_id, rq_status, enqueued_at, started_at, scheduled_for, follow_up_id, last}
+--        holder_id is '' when the slot is free (empty, or its holder is over and no
+--        follow-up waits); last is "<job id>|<final status>|<ended at>" or ''. When the
+--        holder is over but its slot not yet reused, last is read from the holder itself.
 
 local K = {
   slots = KEYS[1], followups = KEYS[2], scheduled = KEYS[3], started = KEYS[4],
   job_prefix = ARGV[1], exec_prefix = ARGV[2],
 }
-local field = ARGV[3]
+local last_key, field = KEYS[5], ARGV[3]
 
-local holder, info, _, follow = dk_resolve(K, field, dk_now(), false)
+local holder, info, reason, follow = dk_resolve(K, field, dk_now(), false)
+local last = redis.call('HGET', last_key, field) or ''
 if not info then
-  return {}
+  if holder then
+    local f = redis.call('HMGET', K.job_prefix .. holder, 'status', 'ended_at')
+    local status = (reason == 'ended' and f[1]) or reason
+    last = holder .. '|' .. status .. '|' .. (f[2] or '')
+  end
+  return { '', '', '', '', '', '', last }
 end
-return { holder, info[1], info[2], info[3], info[4], follow or '' }
+return { holder, info[1], info[2], info[3], info[4], follow or '', last }

@@ -10,6 +10,7 @@
 -- KEYS[6]  scheduled zset   rq:scheduled:<q>
 -- KEYS[7]  started zset     rq:wip:<q>
 -- KEYS[8]  deferred zset    rq:deferred:<q>
+-- KEYS[9]  last-run hash    <ns>:last:<q>
 -- ARGV[1]  job key prefix   "rq:job:"
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
@@ -19,7 +20,7 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[4],
+  deferred = KEYS[8], last = KEYS[9], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[4],
 }
 local gc_key, stats_key, now_text = KEYS[2], KEYS[3], ARGV[3]
 
@@ -27,7 +28,10 @@ local now = dk_now()
 local deleted = 0
 for i = 5, #ARGV do
   local field = ARGV[i]
-  local _, info = dk_resolve(K, field, now, true, now_text)
+  local holder, info, reason = dk_resolve(K, field, now, true, now_text)
+  if not info and holder then
+    dk_remember(K, field, holder, reason, now_text)
+  end
   if not info and redis.call('HDEL', K.slots, field) == 1 then
     redis.call('ZREM', gc_key, field)
     deleted = deleted + 1

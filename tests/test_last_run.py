@@ -1,0 +1,58 @@
+"""Completion notices: a key's last run (status and time) is kept and shown by status()."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from rq import Queue
+
+from dedupkit import Deduplicator
+
+from . import rqstate
+
+TASK = "tests.tasks.work"
+
+
+def test_last_run_after_success_failure_cancel_and_death(dedup: Deduplicator, queue: Queue) -> None:
+    assert dedup.status("u").last_run is None
+    first = dedup.enqueue("u", TASK, "x")
+    rqstate.run_all(queue)
+    status = dedup.status("u")  # the slot still names the finished job: read from its hash
+    assert not status.pending and status.last_run is not None
+    assert (status.last_run.job_id, status.last_run.status) == (first.job_id, "finished")
+    assert status.last_run.ended_at is not None
+    assert abs(datetime.now(timezone.utc) - status.last_run.ended_at) < timedelta(minutes=1)
+
+    second = dedup.enqueue("u", "tests.tasks.fail")  # takes the slot over: records the first run
+    assert dedup.status("u").last_run.job_id == first.job_id  # type: ignore[union-attr]
+    rqstate.run_all(queue)
+    assert dedup.status("u").last_run.status == "failed"  # type: ignore[union-attr]
+    assert dedup.status("u").to_dict()["last_run"]["job_id"] == second.job_id
+
+    third = dedup.enqueue("u", TASK, "x")
+    assert dedup.cancel("u")
+    last = dedup.status("u").last_run
+    assert last is not None and (last.job_id, last.status) == (third.job_id, "canceled")
+
+    fourth = dedup.enqueue("u", TASK, "x")
+    execution = rqstate.start(queue.connection, queue, fourth.job_id)
+    rqstate.heartbeat(queue.connection, queue, execution, lease=-1)
+    assert dedup.status("u").last_run.status == "dead"  # type: ignore[union-attr]
+    dedup.enqueue("u", TASK, "x")
+    assert dedup.status("u").last_run.job_id == fourth.job_id  # type: ignore[union-attr]
+
+
+def test_last_run_survives_gc_and_sweep(queue: Queue) -> None:
+    dedup = Deduplicator(queue, gc_budget=5, gc_min_age=0)
+    a = dedup.enqueue("a", TASK, "x")
+    b = dedup.enqueue("b", TASK, "x")
+    rqstate.run_all(queue)
+    dedup.enqueue("other", TASK, "x")  # gc deletes both ended slots
+    assert queue.connection.hlen(dedup.keys.slots) == 1
+    assert dedup.status("a").last_run.job_id == a.job_id  # type: ignore[union-attr]
+    c = dedup.enqueue("c", TASK, "x")
+    rqstate.run_all(queue)
+    assert dedup.sweep() >= 1
+    assert dedup.status("c").last_run.status == "finished"  # type: ignore[union-attr]
+    assert dedup.status("c").last_run.job_id == c.job_id  # type: ignore[union-attr]
+    assert dedup.status("b").last_run.job_id == b.job_id  # type: ignore[union-attr]
