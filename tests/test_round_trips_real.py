@@ -13,6 +13,7 @@ from rq import Queue
 
 from dedupkit import Deduplicator, EnqueueRequest
 
+from . import rqstate
 from .support import RedisServer
 
 
@@ -53,5 +54,12 @@ def test_each_call_is_one_request(real_server: RedisServer, real_redis: redis.Re
         "EVALSHA"]
     assert _requests(real_server, lambda: dedup.status("a")) == ["EVALSHA"]
     assert _requests(real_server, lambda: dedup.cancel("a")) == ["EVALSHA"]
+    # The conflict policies are decided inside the same script: still one request.
+    assert _requests(real_server, lambda: dedup.enqueue("b", "tests.tasks.work", on_conflict="replace")) == [
+        "EVALSHA"]
+    running = dedup.enqueue("c", "tests.tasks.work")
+    rqstate.start(real_redis, Queue("rt", connection=real_redis), running.job_id)
+    assert _requests(real_server, lambda: dedup.enqueue("c", "tests.tasks.work", on_conflict="follow_up")) == [
+        "EVALSHA"]
     batch = [EnqueueRequest(f"k{i}", "tests.tasks.work") for i in range(300)]
     assert _requests(real_server, lambda: dedup.enqueue_many(batch, batch_size=100)) == ["EVALSHA"] * 3
