@@ -155,6 +155,11 @@ class KeySpace:
         return self.job_prefix + job_id
 
 
+def scheduler_lease_key(namespace: str, queue_name: str, name: str) -> str:
+    """The Redis key of a scheduler's leader lease (see lua/lease_renew.lua)."""
+    return f"{namespace}:scheduler:{queue_name}:{name}:leader"
+
+
 def _lua_template(key_for: Callable[[str], str]) -> str:
     """Turn RQ's own key-for-a-job-id function into a Lua string.format template."""
     marker = "DEDUPKITJOBID"

@@ -36,34 +36,13 @@ from typing import Any
 
 import redis
 
+from . import scripts
 from .deduplicator import Deduplicator
 from .errors import RedisUnavailableError, ScriptError
-from .keys import Key
+from .keys import Key, scheduler_lease_key
 from .models import Admission, EnqueueRequest, SlotStatus
 
 logger = logging.getLogger("dedupkit.scheduler")
-
-# Renew the lease only if this replica still holds it. KEYS[1] lease key; ARGV[1] this
-# replica's token; ARGV[2] lease length in ms. Reply: 1 renewed, 0 not ours.
-_RENEW_LUA = """
-local lease_key, token, ttl_ms = KEYS[1], ARGV[1], ARGV[2]
-if redis.call('GET', lease_key) == token then
-  redis.call('PEXPIRE', lease_key, ttl_ms)
-  return 1
-end
-return 0
-"""
-
-# Give the lease up only if this replica holds it. KEYS[1] lease key; ARGV[1] token.
-# Reply: 1 released, 0 not ours.
-_RELEASE_LUA = """
-local lease_key, token = KEYS[1], ARGV[1]
-if redis.call('GET', lease_key) == token then
-  return redis.call('DEL', lease_key)
-end
-return 0
-"""
-
 
 @dataclass(frozen=True)
 class ScheduleEntry:
@@ -143,11 +122,11 @@ class Scheduler:
         self._lease_ttl = lease_ttl
         self.log = log or logger
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self.lease_key = f"{dedup.namespace}:scheduler:{dedup.queue.name}:{name}:leader"
+        self.lease_key = scheduler_lease_key(dedup.namespace, dedup.queue.name, name)
         self._stop = threading.Event()
         self._leading = False
-        self._renew = dedup.connection.register_script(_RENEW_LUA)
-        self._release = dedup.connection.register_script(_RELEASE_LUA)
+        self._renew = dedup.connection.register_script(scripts.source(scripts.LEASE_RENEW.name))
+        self._release = dedup.connection.register_script(scripts.source(scripts.LEASE_RELEASE.name))
 
     def __repr__(self) -> str:
         return f"Scheduler({self.dedup!r}, interval={self.interval}, name={self.name!r})"

@@ -37,6 +37,10 @@ CANCEL = ScriptSpec("cancel.lua", keys=10, argv=6)
 SWEEP = ScriptSpec("sweep.lua", keys=9, argv=4, more_argv=True)
 ADOPT = ScriptSpec("adopt.lua", keys=5, argv=2, more_argv=True)
 SPECS = (ADMIT, STATUS, CANCEL, SWEEP, ADOPT)
+# The scheduler's leader lease; registered by the Scheduler, without _common.lua.
+LEASE_RENEW = ScriptSpec("lease_renew.lua", keys=1, argv=2)
+LEASE_RELEASE = ScriptSpec("lease_release.lua", keys=1, argv=1)
+LEASE_SPECS = (LEASE_RENEW, LEASE_RELEASE)
 
 
 @cache

@@ -18,7 +18,7 @@ def _header(name: str) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("spec", scripts.SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", scripts.SPECS + scripts.LEASE_SPECS, ids=lambda s: s.name)
 def test_header_matches_how_python_calls(spec: scripts.ScriptSpec) -> None:
     header = _header(spec.name)
     assert header.startswith(f"-- {spec.name}:"), "header opens with the file name and purpose"
@@ -30,7 +30,7 @@ def test_header_matches_how_python_calls(spec: scripts.ScriptSpec) -> None:
     assert "Reply" in header
 
 
-@pytest.mark.parametrize("spec", scripts.SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", scripts.SPECS + scripts.LEASE_SPECS, ids=lambda s: s.name)
 def test_scripts_build_no_rq_key_names(spec: scripts.ScriptSpec) -> None:
     body = "\n".join(line.split("--")[0] for line in scripts.source(spec.name).splitlines())
     assert "'rq:" not in body and '"rq:' not in body, "RQ key names come from Python"
