@@ -9,11 +9,15 @@ Configuration (``config`` overrides the environment):
   REDIS_URL     REDIS_URL, default redis://127.0.0.1:6379/0; or REDIS, a redis.Redis
   QUEUE_NAME    "email_processing"
   JOB_SECONDS   EMAIL_JOB_SECONDS, how long a simulated run takes (default 5)
-  SEED_DEMO_USERS / DEMO_PASSWORD (EMAIL_APP_DEMO_PASSWORD): create alice, bob, carol.
+  SEED_DEMO_USERS / DEMO_PASSWORD (EMAIL_APP_DEMO_PASSWORD): create alice, bob, carol and
+                the admin ``admin``.
+  ADMIN_PAGE_SIZE  slots per /admin page (HSCAN COUNT hint), default 50
+  METRICS_TOKEN EMAIL_APP_METRICS_TOKEN: a bearer token that may read /metrics (admins
+                signed in may read it too); unset: admins only.
 
 Authorization comes from the signed session only: no endpoint reads a user id from the
 request. Every POST needs the session's CSRF token (form field ``csrf_token`` or header
-``X-CSRF-Token``).
+``X-CSRF-Token``). /admin and /metrics are for users with ``is_admin``.
 """
 
 from __future__ import annotations
@@ -25,14 +29,27 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import redis
-from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, session, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from rq import Queue
 from werkzeug.security import check_password_hash
 
-from dedupkit import DedupkitError, Deduplicator, RedisUnavailableError
+from dedupkit import Admission, DedupkitError, Deduplicator, InvalidKeyError, RedisUnavailableError, SlotStatus
 
 from . import db
 from .tasks import DEFAULT_DB, process_user_emails_standalone
@@ -43,7 +60,14 @@ QUEUE_NAME = "email_processing"
 JOB_ID_PREFIX = "email_process"
 CONFLICT_ERROR = "Email processing job already pending for this user"
 UNAVAILABLE_ERROR = "The job queue is unavailable (Redis cannot be reached). Please try again shortly."
+FOLLOW_UP_WAITING_ERROR = "A follow-up run is already waiting"
+FOLLOW_UP_NOT_RUNNING_ERROR = ("Your job has not started yet, so it will process all new mail when it runs: "
+                               "no follow-up run is needed")
 DEFAULT_DEMO_PASSWORD = "dedupkit-demo"
+# What /metrics answers with: the Prometheus text format generate_latest() writes.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The counters the admin page always shows (0 until the first such decision).
+DECISIONS = ("admitted", "conflict", "replaced", "follow_up", "recovered", "dead", "cancelled", "swept")
 
 
 def make_deduplicator(connection: redis.Redis, queue_name: str = QUEUE_NAME) -> Deduplicator:
@@ -71,6 +95,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         PASSWORD_HASH_METHOD="scrypt",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        ADMIN_PAGE_SIZE=50,
+        METRICS_TOKEN=os.environ.get("EMAIL_APP_METRICS_TOKEN") or None,
     )
     app.config.update(config or {})
     if not app.config["SECRET_KEY"]:
@@ -131,6 +157,20 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
             return view(*args, **kwargs)
         return wrapped
 
+    def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
+        """Pages for admins: anonymous -> the sign-in page (like /), signed in but not an
+        admin -> 403, a POST without the session's CSRF token -> 403."""
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if g.user is None:
+                return redirect(url_for("login"))
+            if not g.user.is_admin:
+                abort(403)
+            if request.method == "POST" and not csrf_ok():
+                abort(403)
+            return view(*args, **kwargs)
+        return wrapped
+
     @app.errorhandler(RedisUnavailableError)
     def redis_down(exc: RedisUnavailableError) -> tuple[Response, int]:
         logger.error("Redis unavailable: %s", exc)
@@ -176,16 +216,20 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
 
     # -- API -----------------------------------------------------------------------
 
+    def enqueue_for(user: db.User, on_conflict: str, description: str) -> Admission:
+        return dedup.enqueue(
+            user.id, process_user_emails_standalone, user.id,
+            on_conflict=on_conflict,
+            db_path=app.config["DATABASE"], seconds=app.config["JOB_SECONDS"],
+            description=description,
+            job_timeout=max(60, int(app.config["JOB_SECONDS"] * 4)),
+        )
+
     @app.post("/api/email-automation/trigger")
     @api_login_required
     def trigger() -> Any:
         user = g.user
-        admission = dedup.enqueue(
-            user.id, process_user_emails_standalone, user.id,
-            db_path=app.config["DATABASE"], seconds=app.config["JOB_SECONDS"],
-            description=f"Manual email processing for user {user.id}",
-            job_timeout=max(60, int(app.config["JOB_SECONDS"] * 4)),
-        )
+        admission = enqueue_for(user, "reject", f"Manual email processing for user {user.id}")
         if admission.admitted:
             logger.info("User %s triggered job %s", user.id, admission.job_id)
             return jsonify({"success": True, "job_id": admission.job_id,
@@ -194,6 +238,27 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
                     admission.status.state and admission.status.state.value)
         return error(409, CONFLICT_ERROR, job_status=admission.status.to_dict())
 
+    @app.post("/api/email-automation/follow-up")
+    @api_login_required
+    def follow_up() -> Any:
+        """"Run again after the current job": one follow-up run after the running job
+        (on_conflict="follow_up"). The scheduler keeps "reject": only a person asks for this."""
+        user = g.user
+        admission = enqueue_for(user, "follow_up", f"Follow-up email processing for user {user.id}")
+        if admission.admitted:
+            # follow_up_of is None when the job had ended meanwhile: then this is a plain run now.
+            logger.info("User %s requested job %s after %s", user.id, admission.job_id, admission.follow_up_of)
+            return jsonify({"success": True, "job_id": admission.job_id, "follow_up_of": admission.follow_up_of,
+                            "job_status": admission.status.to_dict()}), 202
+        logger.info("User %s follow-up refused (%s): job %s", user.id, admission.reason, admission.job_id)
+        if admission.reason == "coalesced":
+            return error(409, FOLLOW_UP_WAITING_ERROR, reason="coalesced", follow_up_job_id=admission.job_id,
+                         job_status=admission.status.to_dict())
+        if admission.reason == "not_running":
+            return error(409, FOLLOW_UP_NOT_RUNNING_ERROR, reason="not_running",
+                         job_status=admission.status.to_dict())
+        return error(409, CONFLICT_ERROR, reason=admission.reason, job_status=admission.status.to_dict())
+
     @app.get("/api/email-automation/status")
     @api_login_required
     def status() -> Any:
@@ -201,3 +266,106 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
         config = db.configuration(get_db(), user.id)
         return jsonify({"success": True, "username": user.username, "job_status": dedup.status(user.id).to_dict(),
                         "automation": config.to_dict() if config else None})
+
+    # -- admin ---------------------------------------------------------------------
+
+    def users_for(keys: list[str]) -> dict[str, str]:
+        """Slot key -> username (keys are user ids; any other key is shown as it is)."""
+        users = db.users_by_ids(get_db(), [int(k) for k in keys if k.isdigit()])
+        return {k: users[int(k)].username for k in keys if k.isdigit() and int(k) in users}
+
+    @app.get("/admin")
+    @admin_required
+    def admin() -> Any:
+        try:
+            cursor = int(request.args.get("cursor", "0"))
+        except ValueError:
+            abort(400)
+        if cursor < 0:
+            abort(400)
+        next_cursor, page = dedup.slots(cursor, count=int(app.config["ADMIN_PAGE_SIZE"]))
+        names = users_for([key for key, _, _ in page])
+        now = datetime.now(timezone.utc)
+        rows = [slot_row(key, job_id, status, names.get(key), now) for key, job_id, status in page]
+        stats = dedup.stats()
+        counters = {name: stats.get(name, 0) for name in DECISIONS}
+        counters.update(sorted(stats.items()))
+        return render_template("admin.html", rows=rows, counters=counters, cursor=cursor, next_cursor=next_cursor,
+                               queue=dedup.queue.name)
+
+    @app.post("/admin/cancel")
+    @admin_required
+    def admin_cancel() -> Any:
+        key = request.form.get("key", "")
+        back = redirect(url_for("admin", cursor=request.form.get("cursor") or None))
+        try:
+            before = dedup.status(key)
+        except InvalidKeyError:
+            flash(f"Not a valid key: {key!r}.", "error")
+            return back
+        label = users_for([before.key]).get(before.key) or f"key {before.key}"
+        done = dedup.cancel(key)
+        logger.info("Admin %s cancelled %s: %s", g.user.username, before.key, done)
+        if done:
+            if before.has_running_job and before.follow_up_job_id:
+                message = (f"Cancelled the follow-up run {before.follow_up_job_id} waiting for {label}'s "
+                           f"running job; the running job goes on.")
+            else:
+                message = f"Cancelled {label}'s job {before.job_id} ({before.state and before.state.value})."
+            flash(message, "success")
+            return back
+        after = dedup.status(key)
+        if not after.pending:
+            message = f"Nothing to cancel: {label} has no pending job."
+        elif after.has_running_job:
+            message = f"Not cancelled: {label}'s job {after.job_id} is running (running jobs are left alone)."
+        elif after.has_scheduled_job:
+            message = (f"Not cancelled: {label}'s job {after.job_id} is due within {dedup.due_margin:g} s, "
+                       "and RQ's scheduler may already be starting it.")
+        else:
+            message = f"Not cancelled: a worker has just taken {label}'s job {after.job_id}."
+        flash(message, "conflict")
+        return back
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        """Prometheus text: for a bearer token equal to METRICS_TOKEN, or a signed-in admin."""
+        token = app.config["METRICS_TOKEN"]
+        sent = request.headers.get("Authorization", "")
+        by_token = bool(token) and sent.startswith("Bearer ") and hmac.compare_digest(
+            sent[len("Bearer "):].encode(), str(token).encode())
+        if not by_token:
+            if g.user is None:
+                return Response("Authentication required\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'},
+                                mimetype="text/plain")
+            if not g.user.is_admin:
+                return Response("Admins only\n", 403, mimetype="text/plain")
+        from dedupkit.metrics import prometheus_text  # needs prometheus_client (the 'example' extra)
+
+        return Response(prometheus_text([dedup]), content_type=METRICS_CONTENT_TYPE)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def slot_row(key: str, slot_job_id: str, status: SlotStatus, username: str | None, now: datetime) -> dict[str, Any]:
+    """One line of the admin page: who, which job, its state and how long it has been so."""
+    if not status.pending:
+        age = "job ended; the slot is collected later"
+    elif status.started_at and status.has_running_job:
+        age = "running for " + _duration((now - status.started_at).total_seconds())
+    elif status.scheduled_for and status.has_scheduled_job:
+        delta = (status.scheduled_for - now).total_seconds()
+        age = ("due in " + _duration(delta)) if delta > 0 else ("due " + _duration(-delta) + " ago")
+    elif status.enqueued_at:
+        age = "waiting for " + _duration((now - status.enqueued_at).total_seconds())
+    else:
+        age = ""
+    return {"key": key, "username": username, "job_id": status.job_id or slot_job_id,
+            "state": status.state.value if status.state else "ended", "age": age,
+            "follow_up_job_id": status.follow_up_job_id, "pending": status.pending}

@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS users (
     id            INTEGER PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE,
     email         TEXT NOT NULL,
-    password_hash TEXT NOT NULL
+    password_hash TEXT NOT NULL,
+    is_admin      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS email_configurations (
     user_id          INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
@@ -44,6 +45,8 @@ DEMO_USERS = [
     ("bob", "bob@example.com", True, 2, None),
     ("carol", "carol@example.com", False, 30, None),
 ]
+# The demo's one admin (the /admin page, /metrics): same password, no automation of its own.
+DEMO_ADMIN = ("admin", "admin@example.com")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class User:
     username: str
     email: str
     password_hash: str
+    is_admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,31 +100,42 @@ def init_db(path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with connect(path) as conn:
         conn.executescript(SCHEMA)
+        # Databases made before the admin role: add the column (everyone starts non-admin).
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(users)")}
+        if "is_admin" not in columns:
+            conn.execute("ALTER TABLE users ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0")
     conn.close()
 
 
 def seed_demo_users(path: str | Path, password: str, *, hash_method: str = "scrypt") -> None:
-    """Create (or reset) the demo users, all with ``password``."""
+    """Create (or reset) the demo users and the demo admin, all with ``password``."""
     now = utcnow()
     with connect(path) as conn:
         for username, email, enabled, interval, ago in DEMO_USERS:
             pw = generate_password_hash(password, method=hash_method)
-            conn.execute(
-                "INSERT INTO users (username, email, password_hash) VALUES (?, ?, ?) "
-                "ON CONFLICT(username) DO UPDATE SET email = excluded.email, password_hash = excluded.password_hash",
-                (username, email, pw))
-            (uid,) = conn.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
+            uid = _upsert_user(conn, username, email, pw, admin=False)
             last = (now - timedelta(minutes=ago)).isoformat() if ago is not None else None
             conn.execute(
                 "INSERT INTO email_configurations (user_id, enabled, interval_minutes, last_check_time) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET enabled = excluded.enabled, "
                 "interval_minutes = excluded.interval_minutes, last_check_time = excluded.last_check_time",
                 (uid, int(enabled), interval, last))
+        _upsert_user(conn, *DEMO_ADMIN, generate_password_hash(password, method=hash_method), admin=True)
     conn.close()
 
 
+def _upsert_user(conn: sqlite3.Connection, username: str, email: str, password_hash: str, *, admin: bool) -> int:
+    conn.execute(
+        "INSERT INTO users (username, email, password_hash, is_admin) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(username) DO UPDATE SET email = excluded.email, password_hash = excluded.password_hash, "
+        "is_admin = excluded.is_admin",
+        (username, email, password_hash, int(admin)))
+    (uid,) = conn.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
+    return int(uid)
+
+
 def _user(row: sqlite3.Row | None) -> User | None:
-    return User(row["id"], row["username"], row["email"], row["password_hash"]) if row else None
+    return User(row["id"], row["username"], row["email"], row["password_hash"], bool(row["is_admin"])) if row else None
 
 
 def user_by_name(conn: sqlite3.Connection, username: str) -> User | None:
@@ -129,6 +144,15 @@ def user_by_name(conn: sqlite3.Connection, username: str) -> User | None:
 
 def user_by_id(conn: sqlite3.Connection, user_id: int) -> User | None:
     return _user(conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
+
+
+def users_by_ids(conn: sqlite3.Connection, ids: list[int]) -> dict[int, User]:
+    """The users with these ids (one query; unknown ids are left out)."""
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(f"SELECT * FROM users WHERE id IN ({marks})", ids).fetchall()
+    return {user.id: user for user in map(_user, rows) if user}
 
 
 def _config(row: sqlite3.Row) -> EmailConfiguration:

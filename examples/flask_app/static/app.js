@@ -1,4 +1,5 @@
-// The Email Automation page: trigger a job, show the answer, keep the status fresh.
+// The Email Automation page: trigger a job, show the answer, keep the status fresh,
+// offer "Run again after the current job" when the job is running, show the last run.
 // Clicks are handled one after another (each waits for the previous answer), so two
 // quick clicks show the success first and then the conflict.
 (function () {
@@ -9,6 +10,9 @@
   const history = document.getElementById("history");
   const statusEl = document.getElementById("job-status");
   const automationEl = document.getElementById("automation");
+  const lastRunEl = document.getElementById("last-run");
+  const offer = document.getElementById("follow-up-offer");
+  const followUpButton = document.getElementById("follow-up");
   let chain = Promise.resolve();
   let timer = null;
 
@@ -35,28 +39,64 @@
     try { return await response.json(); } catch (e) { return {}; }
   }
 
-  async function trigger() {
-    let response;
+  async function post(url) {
     try {
-      response = await fetch("/api/email-automation/trigger", {
+      const response = await fetch(url, {
         method: "POST",
         credentials: "same-origin",
         headers: { "X-CSRF-Token": csrf, "Accept": "application/json" },
       });
+      return { response: response, body: await readJson(response) };
     } catch (e) {
       show("Could not reach the server: " + e.message, "error");
-      return;
+      return null;
     }
-    const body = await readJson(response);
+  }
+
+  // The offer makes sense only while the job runs and no follow-up waits yet.
+  function setOffer(js) {
+    offer.hidden = !(js && js.has_running_job && !js.follow_up_job_id);
+  }
+
+  function otherAnswer(response, body) {
+    if (response.status === 401) {
+      show("Your session has ended; please sign in again.", "error");
+    } else {
+      show(body.error || ("Request failed (HTTP " + response.status + ")."), "error");
+    }
+  }
+
+  async function trigger() {
+    const answer = await post("/api/email-automation/trigger");
+    if (!answer) return;
+    const response = answer.response, body = answer.body;
     if (response.status === 202 && body.success) {
       show("Email processing started (job " + body.job_id + ").", "success");
     } else if (response.status === 409) {
       show("An email processing job is already pending for your account. Status: " + parts(body.job_status) + ".",
            "conflict");
-    } else if (response.status === 401) {
-      show("Your session has ended; please sign in again.", "error");
+      setOffer(body.job_status);
     } else {
-      show(body.error || ("Request failed (HTTP " + response.status + ")."), "error");
+      otherAnswer(response, body);
+    }
+    refresh();
+  }
+
+  async function followUp() {
+    offer.hidden = true;
+    const answer = await post("/api/email-automation/follow-up");
+    if (!answer) return;
+    const response = answer.response, body = answer.body;
+    if (response.status === 202 && body.success) {
+      if (body.follow_up_of) {
+        show("A follow-up run (job " + body.job_id + ") will start after the current job.", "success");
+      } else {  // the job ended meanwhile: this run starts now
+        show("Email processing started (job " + body.job_id + ").", "success");
+      }
+    } else if (response.status === 409) {
+      show(body.error + (body.follow_up_job_id ? " (job " + body.follow_up_job_id + ")." : "."), "conflict");
+    } else {
+      otherAnswer(response, body);
     }
     refresh();
   }
@@ -66,7 +106,35 @@
     let text = "Job " + js.job_id + " is " + js.state;
     if (js.state === "scheduled" && js.scheduled_for) text += " for " + new Date(js.scheduled_for).toLocaleString();
     if (js.state === "running" && js.started_at) text += " since " + new Date(js.started_at).toLocaleTimeString();
-    return text + ".";
+    text += ".";
+    if (js.follow_up_job_id) text += " A follow-up run is waiting (job " + js.follow_up_job_id + ").";
+    return text;
+  }
+
+  // "2 minutes ago" from an ISO-8601 time (the Redis server's clock; a browser clock
+  // slightly ahead or behind only shifts the wording, never below "just now").
+  function ago(iso) {
+    const seconds = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+    if (seconds < 5) return "just now";
+    const units = [["day", 86400], ["hour", 3600], ["minute", 60], ["second", 1]];
+    for (const [name, size] of units) {
+      if (seconds >= size) {
+        const n = Math.floor(seconds / size);
+        return n + " " + name + (n === 1 ? "" : "s") + " ago";
+      }
+    }
+    return "just now";
+  }
+
+  const OUTCOMES = {
+    finished: "finished", failed: "failed", stopped: "was stopped", canceled: "was canceled",
+    dead: "was interrupted (its worker died)", gone: "ended",
+  };
+
+  function describeLastRun(last) {
+    if (!last) return "Last run: none yet.";
+    const outcome = OUTCOMES[last.status] || last.status;
+    return "Last run: " + outcome + (last.ended_at ? " " + ago(last.ended_at) : "") + ".";
   }
 
   function describeAutomation(a) {
@@ -86,6 +154,15 @@
         statusEl.textContent = describe(body.job_status);
         statusEl.dataset.state = (body.job_status && body.job_status.state) || "none";
         automationEl.textContent = describeAutomation(body.automation);
+        const last = body.job_status ? body.job_status.last_run : null;
+        lastRunEl.textContent = describeLastRun(last);
+        lastRunEl.dataset.status = last ? last.status : "none";
+        lastRunEl.dataset.jobId = last ? last.job_id : "";
+        lastRunEl.title = last && last.ended_at ? new Date(last.ended_at).toLocaleString() : "";
+        statusEl.dataset.followUp = (body.job_status && body.job_status.follow_up_job_id) || "";
+        if (!(body.job_status && body.job_status.has_running_job && !body.job_status.follow_up_job_id)) {
+          offer.hidden = true;  // never offered for a job that is not running
+        }
         pending = Boolean(body.job_status && body.job_status.pending);
       } else {
         statusEl.textContent = body.error || ("Status unavailable (HTTP " + response.status + ").");
@@ -100,5 +177,6 @@
   }
 
   button.addEventListener("click", function () { chain = chain.then(trigger); });
+  followUpButton.addEventListener("click", function () { chain = chain.then(followUp); });
   refresh();
 })();
