@@ -236,7 +236,14 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
                             "job_status": admission.status.to_dict()}), 202
         logger.info("User %s trigger refused: job %s is %s", user.id, admission.job_id,
                     admission.status.state and admission.status.state.value)
-        return error(409, CONFLICT_ERROR, job_status=admission.status.to_dict())
+        status = admission.status
+        if status.has_running_job:
+            # A conflict answer does not say whether a follow-up waits; the page needs that to
+            # offer "Run again after the current job" or not: one more (read-only) call.
+            now = dedup.status(user.id)
+            if now.job_id == status.job_id:
+                status = now
+        return error(409, CONFLICT_ERROR, job_status=status.to_dict())
 
     @app.post("/api/email-automation/follow-up")
     @api_login_required
@@ -271,8 +278,9 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
 
     def users_for(keys: list[str]) -> dict[str, str]:
         """Slot key -> username (keys are user ids; any other key is shown as it is)."""
-        users = db.users_by_ids(get_db(), [int(k) for k in keys if k.isdigit()])
-        return {k: users[int(k)].username for k in keys if k.isdigit() and int(k) in users}
+        ids = {k: int(k) for k in keys if k.isascii() and k.isdigit() and len(k) <= 18}  # SQLite INTEGER range
+        users = db.users_by_ids(get_db(), sorted(set(ids.values())))
+        return {k: users[i].username for k, i in ids.items() if i in users}
 
     @app.get("/admin")
     @admin_required
