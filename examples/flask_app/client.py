@@ -1,5 +1,5 @@
 """A small HTTP client for the example's API (standard library only): sign in, trigger,
-read the status. Used by the end-to-end tests and handy from a shell."""
+ask for a follow-up run, read the status and pages. Used by the end-to-end tests and handy from a shell."""
 
 from __future__ import annotations
 
@@ -44,12 +44,22 @@ class Client:
         self.csrf = meta.group(1) if meta else None
         return status if "/logout" in page else 401
 
-    def trigger(self) -> tuple[int, dict[str, Any]]:
+    def _post_json(self, path: str) -> tuple[int, dict[str, Any]]:
         headers = {"X-CSRF-Token": self.csrf or "", "Accept": "application/json"}
-        req = urllib.request.Request(f"{self.base_url}/api/email-automation/trigger", data=b"", headers=headers,
-                                     method="POST")
+        req = urllib.request.Request(f"{self.base_url}{path}", data=b"", headers=headers, method="POST")
         status, text = self._open(req)
         return status, json.loads(text)
+
+    def trigger(self) -> tuple[int, dict[str, Any]]:
+        return self._post_json("/api/email-automation/trigger")
+
+    def follow_up(self) -> tuple[int, dict[str, Any]]:
+        """"Run again after the current job": 202 admitted, 409 coalesced or not running."""
+        return self._post_json("/api/email-automation/follow-up")
+
+    def get(self, path: str) -> tuple[int, str]:
+        """Any page of the signed-in session (e.g. /admin, /metrics): status and body text."""
+        return self._open(urllib.request.Request(f"{self.base_url}{path}"))
 
     def status(self) -> tuple[int, dict[str, Any]]:
         status, text = self._open(urllib.request.Request(f"{self.base_url}/api/email-automation/status"))
