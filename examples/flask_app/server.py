@@ -14,6 +14,7 @@ class BackgroundServer:
     """Werkzeug's threaded WSGI server on ``host:port`` (port 0 = any free port)."""
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
         self.server: BaseWSGIServer = make_server(host, port, app, threaded=True)
         self.thread = threading.Thread(target=self.server.serve_forever, name="flask-app", daemon=True)
 
