@@ -2,9 +2,10 @@
 
     .venv/bin/python -m benchmarks.status [--quick] [--url URL] [--repeat N]
 
-At each depth (0, 10k, 100k, 1M other jobs; 0 and 1k in quick mode) the db holds that
-many other jobs, half queued and half scheduled, each with a job hash and a dedupkit
-slot (written by a filler script, not timed). Then, interleaved:
+For each depth (0, 10k, 100k, 1M other jobs; 0 and 1k in quick mode) one queue holds
+that many other jobs, half queued and half scheduled, each with a job hash and a dedupkit
+slot (written by a filler script, not timed). All queues are filled first; then every
+(depth, variant) block is measured, interleaved, the order rotating each repetition:
   dedupkit_pending  status() of a key whose job is queued (the common answer)
   dedupkit_free     status() of a key with no job
   naive             benchmarks.naive.naive_find_pending of a user with no job, the check
@@ -34,9 +35,10 @@ FILL_CHUNK = 20_000
 FILL_LUA = """
 local slots, gc, queue, scheduled, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local job_prefix, first, last, origin, future = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+-- job ids unique per queue: the job hashes of all queues share one key space
 redis.call('SADD', queues, queue)
 for i = first, last do
-  local id = 'email_process_filler' .. i .. '_0'
+  local id = 'email_process_filler' .. origin .. 'n' .. i .. '_0'
   local status = (i % 2 == 0) and 'queued' or 'scheduled'
   redis.call('HSET', job_prefix .. id, 'status', status, 'origin', origin, 'created_at', '2025-01-01T00:00:00.000000Z',
              'enqueued_at', '2025-01-01T00:00:00.000000Z', 'description', 'filler', 'timeout', '180')
@@ -82,40 +84,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     depths = DEPTHS_QUICK if args.quick else DEPTHS_FULL
     reps = c.repeats(args)
     calls = 200 if args.quick else 2000
-    results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with c.redis_url(args) as url:
         conn = c.connect(url)
         conn.flushdb()
         machine = c.machine(conn)
-        queue = Queue("bench", connection=conn)
-        dedup = Deduplicator(queue)
-        probe = dedup.enqueue("probe-user", process, 0)
-        assert probe.admitted
-        have = 0
+        # One queue per depth, all filled first, so the depths are measured interleaved
+        # (a load change on a shared machine then hits every depth alike).
+        variants: dict[tuple[int, str], tuple[Any, int]] = {}
         for depth in depths:
-            fill(conn, dedup, have, depth)
-            have = depth
+            queue = Queue(f"bench-d{depth}", connection=conn)
+            dedup = Deduplicator(queue)
+            assert dedup.enqueue("probe-user", process, 0).admitted
+            fill(conn, dedup, 0, depth)
             assert dedup.status("probe-user").has_queued_job
             assert not dedup.status("nobody").pending
             assert naive_find_pending(queue, "nobody") is None
-            variants = {
-                "dedupkit_pending": (lambda: dedup.status("probe-user"), calls),
-                "dedupkit_free": (lambda: dedup.status("nobody"), calls),
-                "naive": (lambda: naive_find_pending(queue, "nobody"), naive_calls(depth, args.quick)),
-            }
-            for fn, _ in variants.values():
-                fn()  # warm
-            names = list(variants)
-            per: dict[str, list[dict[str, float]]] = {v: [] for v in names}
-            for rep in range(reps):
-                for v in names[rep % 3:] + names[:rep % 3]:
-                    fn, n = variants[v]
-                    lat = time_calls(fn, n)
-                    per[v].append({"p50_us": c.percentile(lat, 50), "p99_us": c.percentile(lat, 99),
-                                   "mean_us": sum(lat) / n, "calls": n})
-            results[str(depth)] = per
-            print(f"depth {depth:,}: " + ", ".join(
-                f"{v} p50 {c.spread([r['p50_us'] for r in per[v]])['median']:.1f} us" for v in names), flush=True)
+            variants[(depth, "dedupkit_pending")] = (lambda d=dedup: d.status("probe-user"), calls)
+            variants[(depth, "dedupkit_free")] = (lambda d=dedup: d.status("nobody"), calls)
+            variants[(depth, "naive")] = (lambda q=queue: naive_find_pending(q, "nobody"),
+                                          naive_calls(depth, args.quick))
+        for fn, _ in variants.values():
+            fn()  # warm
+        cases = list(variants)
+        results: dict[str, dict[str, list[dict[str, float]]]] = {str(d): {} for d in depths}
+        for rep in range(reps):
+            shift = rep * 5 % len(cases)
+            for depth, v in cases[shift:] + cases[:shift]:
+                fn, n = variants[(depth, v)]
+                lat = time_calls(fn, n)
+                results[str(depth)].setdefault(v, []).append(
+                    {"p50_us": c.percentile(lat, 50), "p99_us": c.percentile(lat, 99),
+                     "mean_us": sum(lat) / n, "calls": n})
+            print(f"repetition {rep + 1}/{reps} done", flush=True)
         mem = conn.info("memory")["used_memory"]
         conn.flushdb()
         conn.close()
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + c.table(["other jobs", "dedupkit p50 us min", "dedupkit p50 us median", "dedupkit p99 us median",
                        "dedupkit free-key p50 us", "naive scan p50 us", "naive / dedupkit"], rows)
             + "\n\n" + c.table(["ratio", "value"], [[k, v] for k, v in ratios.items()])
-            + f"\n\nRedis used_memory at {top:,} other jobs: {mem / 2**20:,.0f} MiB\n\n"
+            + f"\n\nRedis used_memory with all depths filled: {mem / 2**20:,.0f} MiB\n\n"
             + c.table(["target", "met"], [[k, "yes" if v else "no"] for k, v in targets.items()]))
     data = {"machine": machine, "repeat": reps, "depths": depths, "results": results, "ratios": ratios,
             "targets": targets, "redis_used_memory_at_top": mem}
