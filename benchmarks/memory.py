@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.memory [--quick] [--url URL] [--keys N]
 
 1. Pending keys: N keys admitted with ``enqueue_many``; ``MEMORY USAGE ... SAMPLES 0``
-   of dedupkit's own keys (slots hash, gc zset, stats hash) divided by N, next to the
+   of every key in dedupkit's namespace (slots hash, gc zset, stats, ...) divided by N, next to the
    average RQ job hash (sampled) for scale. Cross-check: ``used_memory`` after the same N
    jobs written by RQ's ``Queue.enqueue_many`` (no dedup) vs by dedupkit, per job.
 2. Admitted-and-finished keys (full mode: 1,000,000): N distinct keys admitted, then every
@@ -55,8 +55,12 @@ def usage(conn: redis.Redis, key: str) -> int:
 
 
 def ours(conn: redis.Redis, dedup: Deduplicator) -> dict[str, int]:
+    """MEMORY USAGE of every key in dedupkit's namespace (found with SCAN, so keys the
+    core adds later are counted too), with their total."""
     k = dedup.keys
-    return {"slots": usage(conn, k.slots), "gc": usage(conn, k.gc), "stats": usage(conn, k.stats),
+    sizes = {key.decode(): usage(conn, key.decode())
+             for key in conn.scan_iter(match=f"{dedup.namespace}:*", count=1000)}
+    return {"keys": sizes, "total": sum(sizes.values()), "slots": sizes.get(k.slots, 0), "gc": sizes.get(k.gc, 0),
             "slot_fields": int(conn.hlen(k.slots)), "gc_members": int(conn.zcard(k.gc))}
 
 
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rq_ids = [x.decode() for x in conn.lrange(queue.key, 0, 199)]
         rq_job_hash = sum(usage(conn, dedup.keys.job_key(i)) for i in rq_ids) / len(rq_ids)
         conn.flushdb()
-        ours_bytes = pend["slots"] + pend["gc"] + pend["stats"]
+        ours_bytes = pend["total"]
         part1 = {"keys": n, "dedupkit_bytes": pend, "dedupkit_bytes_per_key": ours_bytes / n,
                  "rq_job_hash_bytes_dedupkit_job": job_hash, "rq_job_hash_bytes_rq_job": rq_job_hash,
                  "used_memory_per_job_dedupkit": (after_dedup - base) / n,
@@ -125,30 +129,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         conn.close()
     part2 = {"keys": m, "admit_s": admit_s, "second_tick_s": second_s, "after_finish": finished,
              "used_memory_after_finish": finished_used,
-             "dedupkit_bytes_per_finished_key": (finished["slots"] + finished["gc"]) / m,
+             "dedupkit_bytes_per_finished_key": finished["total"] / m,
              "after_second_tick": second, "sweep_calls": sweep_calls, "after_sweep": swept,
              "swept_total": swept_now, "swept_per_call": swept_now / sweep_calls}
     targets = {"slots_bounded_by_distinct_keys": second["slot_fields"] == m,
                "gc_sweeps_stale_slots": part2["swept_total"] > 0}
 
-    rows1 = [["dedupkit slots hash", pend["slots"], pend["slots"] / n],
-             ["dedupkit gc zset", pend["gc"], pend["gc"] / n],
-             ["dedupkit stats hash", pend["stats"], pend["stats"] / n],
+    rows1 = [*([key, size, size / n] for key, size in sorted(pend["keys"].items())),
              ["dedupkit total (beyond RQ's job)", ours_bytes, ours_bytes / n],
              ["RQ job hash, dedupkit-written (avg of 200)", "", job_hash],
              ["RQ job hash, Queue.enqueue_many (avg of 200)", "", rq_job_hash],
              ["used_memory per job, dedupkit", after_dedup - base, part1["used_memory_per_job_dedupkit"]],
              ["used_memory per job, RQ enqueue_many", after_rq - base_rq, part1["used_memory_per_job_rq"]]]
     rows2 = [["after 1st tick + all finished", finished["slot_fields"], finished["gc_members"],
-              finished["slots"] + finished["gc"], (finished["slots"] + finished["gc"]) / m],
+              finished["total"], finished["total"] / m],
              ["after 2nd tick over the same keys", second["slot_fields"], second["gc_members"],
-              second["slots"] + second["gc"], (second["slots"] + second["gc"]) / m],
+              second["total"], second["total"] / m],
              [f"after all finished + {sweep_calls:,} single enqueues of new keys (gc_min_age=0)",
-              swept["slot_fields"], swept["gc_members"], swept["slots"] + swept["gc"], ""]]
+              swept["slot_fields"], swept["gc_members"], swept["total"], ""]]
     text = (f"Memory per pending key, {n:,} keys (MEMORY USAGE SAMPLES 0)\n\n"
             + c.table(["what", "bytes", "bytes per key"], rows1)
             + f"\n\nAfter {m:,} admitted-and-finished keys (result_ttl=0: job hashes deleted)\n\n"
-            + c.table(["state", "slot fields", "gc members", "dedupkit bytes", "bytes per key"], rows2)
+            + c.table(["state", "slot fields", "gc members", "dedupkit bytes (all its keys)", "bytes per key"], rows2)
             + f"\n\nThe gc swept {part2['swept_total']:,} stale slots in {sweep_calls:,} calls "
               f"({part2['swept_per_call']:.2f} per call); admitting {m:,} keys took {admit_s:.1f} s, "
               f"the second tick {second_s:.1f} s.\n\n"
