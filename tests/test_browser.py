@@ -84,10 +84,11 @@ def sign_in(browser: Any, url: str, username: str) -> None:
 
 
 def test_trigger_twice_shows_success_then_conflict(browser: Any, site: BackgroundServer) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 15, poll_frequency=0.1)
+    wait = WebDriverWait(browser, 15, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(f"{site.url}/")
     assert browser.current_url.endswith("/login")
     browser.find_element(By.ID, "username-input").send_keys("alice")
@@ -167,6 +168,7 @@ def idle_site(tmp_path: Path, real_server: RedisServer, real_redis: redis.Redis)
 
 def test_admin_sees_the_slot_and_the_counters_and_cancels_a_queued_job(browser: Any,
                                                                         idle_site: BackgroundServer) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -177,7 +179,7 @@ def test_admin_sees_the_slot_and_the_counters_and_cancels_a_queued_job(browser: 
     assert bob
     job_id = app.extensions["dedupkit"].enqueue(bob.id, process_user_emails_standalone, bob.id).job_id
 
-    wait = WebDriverWait(browser, 15, poll_frequency=0.1)
+    wait = WebDriverWait(browser, 15, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     sign_in(browser, idle_site.url, "admin")
     wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Email Automation")
     browser.find_element(By.ID, "admin-link").click()
