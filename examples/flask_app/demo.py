@@ -191,6 +191,9 @@ def banner(app_url: str, password: str, redis_url: str, embedded: bool, children
     users = "\n".join(
         f"    {name:<6} / {password}   automation {'every ' + str(interval) + ' min' if enabled else 'off'}"
         for name, _email, enabled, interval, _ago in db.DEMO_USERS)
+    users += f"\n    {db.DEMO_ADMIN[0]:<6} / {password}   admin: {app_url}/admin (slots, cancel, counters)"
+    metrics = ("bearer token from EMAIL_APP_METRICS_TOKEN, or signed in as admin"
+               if os.environ.get("EMAIL_APP_METRICS_TOKEN") else "signed in as admin")
     pids = ", ".join(f"{c.name} pid {c.proc.pid}" for c in children)
     print(f"""
 ========================================================================
@@ -201,6 +204,7 @@ def banner(app_url: str, password: str, redis_url: str, embedded: bool, children
    Redis:  {redis_url} ({'embedded fakeredis' if embedded else 'REDIS_URL'})
    Worker: rq worker --with-scheduler on queue '{QUEUE_NAME}'; jobs take {args.job_seconds:g} s
    Scheduler: every {args.interval:g} s ({pids})
+   Metrics: {app_url}/metrics ({metrics})
  Sign in, click TRIGGER PROCESSING, click it again while the job runs.
  Press Ctrl-C to stop everything.
 ========================================================================
