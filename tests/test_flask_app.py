@@ -165,7 +165,7 @@ def test_503_when_redis_is_stopped(tmp_path: Path) -> None:
         token = login(client, "alice")
         assert client.post(TRIGGER, headers={"X-CSRF-Token": token}).status_code == 202
         server.stop()
-        for url, method in ((TRIGGER, client.post), (STATUS, client.get)):
+        for url, method in ((TRIGGER, client.post), (FOLLOW_UP, client.post), (STATUS, client.get)):
             resp = method(url, headers={"X-CSRF-Token": token})
             assert resp.status_code == 503
             assert resp.get_json() == {"success": False, "error": (
