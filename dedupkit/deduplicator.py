@@ -242,7 +242,7 @@ class Deduplicator:
         if decision == "collision":
             logger.error("Job id %s for key %r already exists; nothing written", job_id, p.key)
             return Admission(False, job_id, SlotStatus(p.key), error=JobIdCollisionError(job_id))
-        status = SlotStatus.from_reply(p.key, *reply[1:6])
+        status = SlotStatus.from_reply(p.key, *reply[1:6], reply[8])
         note = reply[7].decode()
         if decision == "conflict":
             logger.info("Key %r already has pending job %s (%s)%s", p.key, job_id,

@@ -56,3 +56,29 @@ def test_last_run_survives_gc_and_sweep(queue: Queue) -> None:
     assert dedup.status("c").last_run.status == "finished"  # type: ignore[union-attr]
     assert dedup.status("c").last_run.job_id == c.job_id  # type: ignore[union-attr]
     assert dedup.status("b").last_run.job_id == b.job_id  # type: ignore[union-attr]
+
+
+def test_a_follow_up_that_ran_is_the_last_run(dedup: Deduplicator, queue: Queue) -> None:
+    """Holder and follow-up both end with no dedupkit call in between: the follow-up, which
+    ran last, is the key's last run."""
+    from rq.job import Job, JobStatus
+
+    conn = queue.connection
+    first = dedup.enqueue("u", TASK, "x")
+    execution = rqstate.start(conn, queue, first.job_id)
+    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up")
+    conflict = dedup.enqueue("u", TASK, "x")
+    assert conflict.job_id == first.job_id and conflict.status.follow_up_job_id == follow.job_id
+    job = Job.fetch(first.job_id, connection=conn)
+    with conn.pipeline() as pipe:
+        job.set_status(JobStatus.FINISHED, pipeline=pipe)
+        execution.delete(job, pipe)
+        pipe.execute()
+    queue.enqueue_dependents(job)  # as RQ's worker does; then the follow-up runs and ends
+    rqstate.run_all(queue)
+    assert Job.fetch(follow.job_id, connection=conn).get_status() == JobStatus.FINISHED
+    last = dedup.status("u").last_run
+    assert last is not None and (last.job_id, last.status) == (follow.job_id, "finished")
+    nxt = dedup.enqueue("u", TASK, "x")
+    assert nxt.admitted and nxt.recovered == "ended"
+    assert dedup.status("u").last_run.job_id == follow.job_id  # type: ignore[union-attr]

@@ -16,8 +16,8 @@
 --   -> {rq_status, enqueued_at, started_at, scheduled_for}  when it is pending
 -- dk_resolve(K, field, now, write)
 --   -> holder_id, info, reason, follow_id   the slot's pending job (info nil when free),
---      and a waiting follow-up. When the holder is over and a follow-up waits, the
---      follow-up becomes the holder (written only when write is true).
+--      and a waiting follow-up. When the holder is over, its follow-up becomes the holder
+--      (written only when write is true), pending or, if it has run too, as the last run.
 -- dk_remember(K, field, job_id, reason, now_text)
 --   record a holder that is over as the key's last run (status 'dead' when its worker
 --   died, 'gone' when its hash vanished; ended at: RQ's ended_at, else now_text)
@@ -123,12 +123,23 @@ local function dk_resolve(K, field, now, write, enqueued_at)
   if not follow then
     return holder, info, reason, nil
   end
-  local finfo = dk_inspect(K, follow, now)
+  local finfo, freason = dk_inspect(K, follow, now)
   if not finfo then
+    if info then  -- the follow-up was cancelled or vanished; the holder goes on
+      if write then
+        redis.call('HDEL', K.followups, field)
+      end
+      return holder, info, reason, nil
+    end
+    -- Both are over: the follow-up ran after the holder, so it is the key's last run.
     if write then
+      if holder then
+        dk_remember(K, field, holder, reason, enqueued_at)
+      end
+      redis.call('HSET', K.slots, field, follow)
       redis.call('HDEL', K.followups, field)
     end
-    return holder, info, reason, nil
+    return follow, nil, freason, nil
   end
   if info then
     return holder, info, reason, follow

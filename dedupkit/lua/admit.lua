@@ -42,15 +42,16 @@
 --          policy           'reject', 'replace' or 'follow_up'
 --          nfields          number of job hash field/value pairs that follow
 --          field, value...  2 * nfields strings, the RQ job hash (status already set)
--- Reply: one array per request:
---   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note}
+-- Reply: one array per request (9 fields):
+--   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, ''}
 --     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead');
 --     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>'
---   {'conflict', holder_id, rq_status, enqueued_at, started_at, scheduled_for, '', note}
+--   {'conflict', holder_id, rq_status, enqueued_at, started_at, scheduled_for, '', note, follow_up_id}
 --     note = '' | why the policy could not apply ('running'|'dequeued'|'due'|
 --            'not_running'|'coalesced' (job_id is then the waiting follow-up))
---   {'collision', job_id, '', '', '', '', '', ''}   the job hash existed; nothing written
---   {'error', job_id, message, '', '', '', '', ''}  this request failed (damaged data);
+--     follow_up_id = '' or the follow-up waiting behind a running holder
+--   {'collision', job_id, '', '', '', '', '', '', ''}   the job hash existed; nothing written
+--   {'error', job_id, message, '', '', '', '', '', ''}  this request failed (damaged data);
 --     its writes may be partial only if the failure came after the first write
 
 local K = {
@@ -114,10 +115,11 @@ local function decide(i, pos, last)
 
   if not admit then
     count('conflict')
-    return { 'conflict', holder, info[1], info[2], info[3], info[4], '', note }
+    local waiting = (note ~= 'coalesced' and follow) or ''
+    return { 'conflict', holder, info[1], info[2], info[3], info[4], '', note, waiting }
   elseif redis.call('EXISTS', job_key) == 1 then
     count('collision')
-    return { 'collision', job_id, '', '', '', '', '', '' }
+    return { 'collision', job_id, '', '', '', '', '', '', '' }
   else
     local status, enqueued_at = '', ''
     for j = first, last, 2 do
@@ -165,7 +167,7 @@ local function decide(i, pos, last)
     end
     redis.call('ZADD', gc_key, now, field)
     count('admitted')
-    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note }
+    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, '' }
   end
 end
 
@@ -177,7 +179,7 @@ for i = 1, n do
   if not ok then
     count('error')
     local message = type(reply) == 'table' and (reply.err or reply[1]) or tostring(reply)
-    reply = { 'error', ARGV[pos + 1], tostring(message), '', '', '', '', '' }
+    reply = { 'error', ARGV[pos + 1], tostring(message), '', '', '', '', '', '' }
   end
   replies[i] = reply
   pos = last + 1
