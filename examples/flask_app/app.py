@@ -236,14 +236,9 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
                             "job_status": admission.status.to_dict()}), 202
         logger.info("User %s trigger refused: job %s is %s", user.id, admission.job_id,
                     admission.status.state and admission.status.state.value)
-        status = admission.status
-        if status.has_running_job:
-            # A conflict answer does not say whether a follow-up waits; the page needs that to
-            # offer "Run again after the current job" or not: one more (read-only) call.
-            now = dedup.status(user.id)
-            if now.job_id == status.job_id:
-                status = now
-        return error(409, CONFLICT_ERROR, job_status=status.to_dict())
+        # The conflict's status says whether a follow-up already waits (follow_up_job_id):
+        # the page offers "Run again after the current job" only when none does.
+        return error(409, CONFLICT_ERROR, job_status=admission.status.to_dict())
 
     @app.post("/api/email-automation/follow-up")
     @api_login_required
