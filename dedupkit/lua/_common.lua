@@ -124,39 +124,33 @@ local function dk_resolve(K, field, now, write, enqueued_at)
     return holder, info, reason, nil
   end
   local finfo, freason = dk_inspect(K, follow, now)
-  if not finfo then
-    if info then  -- the follow-up was cancelled or vanished; the holder goes on
-      if write then
-        redis.call('HDEL', K.followups, field)
-      end
-      return holder, info, reason, nil
+  if info then
+    if finfo then
+      return holder, info, reason, follow
     end
-    -- Both are over: the follow-up ran after the holder, so it is the key's last run.
+    -- The follow-up was cancelled or vanished; the holder goes on.
     if write then
-      if holder then
-        dk_remember(K, field, holder, reason, enqueued_at)
-      end
-      redis.call('HSET', K.slots, field, follow)
       redis.call('HDEL', K.followups, field)
     end
-    return follow, nil, freason, nil
+    return holder, info, reason, nil
   end
-  if info then
-    return holder, info, reason, follow
-  end
-  -- The holder is over: its follow-up is next in line and holds the slot now.
+  -- The holder is over: its follow-up comes next and takes the slot, whether it still
+  -- waits, runs, or has run too (it is then the key's last run).
   if write then
     if holder then
       dk_remember(K, field, holder, reason, enqueued_at)
     end
-    if finfo[1] == 'deferred' then
+    if finfo and finfo[1] == 'deferred' then
       dk_release(K, follow, holder, enqueued_at)
       finfo = dk_inspect(K, follow, now)
     end
     redis.call('HSET', K.slots, field, follow)
     redis.call('HDEL', K.followups, field)
   end
-  return follow, finfo, nil, nil
+  if finfo then
+    return follow, finfo, nil, nil
+  end
+  return follow, nil, freason, nil
 end
 
 local function dk_withdraw(K, job_id, info, now, due_margin)
