@@ -20,7 +20,7 @@ from rq.utils import utcformat
 from . import scripts
 from .errors import DedupkitError, InvalidRequestError, JobIdCollisionError, ScriptError
 from .keys import Key, KeySpace, decode_key, encode_key, generate_job_id, normalize_key, validate_prefix
-from .models import Admission, EnqueueRequest, LastRun, SlotStatus
+from .models import Admission, EnqueueRequest, JobState, LastRun, SlotStatus
 
 logger = logging.getLogger("dedupkit")
 
@@ -79,6 +79,9 @@ class Deduplicator:
 
     ``due_margin``: seconds before a scheduled job's run time from which ``cancel``
     leaves it alone, because RQ's scheduler may already be promoting it.
+    ``gc_budget``/``gc_min_age``: each admission checks up to ``gc_budget`` slots per
+    request (at most 100 a call) that were not looked at for ``gc_min_age`` seconds, and
+    deletes those whose job has ended.
     """
 
     def __init__(self, queue: Queue, *, namespace: str = "dedupkit", job_id_prefix: str = "job",
@@ -242,16 +245,22 @@ class Deduplicator:
         if decision == "collision":
             logger.error("Job id %s for key %r already exists; nothing written", job_id, p.key)
             return Admission(False, job_id, SlotStatus(p.key), error=JobIdCollisionError(job_id))
-        status = SlotStatus.from_reply(p.key, *reply[1:6], reply[8])
         note = reply[7].decode()
         if decision == "conflict":
+            status = SlotStatus.from_reply(p.key, reply[1], reply[2], reply[3], reply[4], reply[5], reply[8])
             logger.info("Key %r already has pending job %s (%s)%s", p.key, job_id,
                         status.state and status.state.value, f"; {p.policy} not applied: {note}" if note else "")
             return Admission(False, job_id, status, reason=note or None)
+        # The new job's times are the ones Python wrote: no need to parse them back.
+        status = SlotStatus(p.key, job_id, JobState.from_rq(reply[2].decode()),
+                            scheduled_for=datetime.fromtimestamp(int(p.run_at), tz=timezone.utc) if p.run_at else None,
+                            enqueued_at=p.job.enqueued_at if reply[3] else None)
         recovered = reply[6].decode() or None
-        if recovered in ("dead", "gone"):
-            logger.warning("Key %r: took over the slot of a %s job", p.key,
-                           "dead (heartbeat expired)" if recovered == "dead" else "vanished")
+        if recovered == "dead":
+            logger.warning("Key %r: took over the slot of job %s's predecessor, whose worker died (heartbeat expired)",
+                           p.key, job_id)
+        elif recovered == "gone":  # usually a finished job whose result_ttl ran out: routine
+            logger.info("Key %r: took over the slot of a job whose hash is gone", p.key)
         action, _, other = note.partition(":")
         if action == "replaced":
             logger.info("Key %r: job %s replaced job %s", p.key, job_id, other)

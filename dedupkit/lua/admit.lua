@@ -27,7 +27,8 @@
 -- ARGV[1]  job key prefix   "rq:job:" (for holders' ids, which Python cannot know)
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3]  n                number of requests (= #KEYS - 11)
--- ARGV[4]  gc budget        how many of the least recently checked slots to check (>= 0)
+-- ARGV[4]  gc budget        slots to check per request (of the least recently checked;
+--                           at most 100 a call, or the budget itself if larger; >= 0)
 -- ARGV[5]  gc min age       seconds a slot must be unchecked before gc looks at it
 -- ARGV[6]  due margin       seconds; a scheduled holder due before now + margin is kept
 -- ARGV[7]  now text         RQ-format UTC time, written as enqueued_at of a released follow-up
@@ -202,8 +203,11 @@ local function collect(field)
   end
 end
 
-if gc_budget > 0 then
-  local due = redis.call('ZRANGEBYSCORE', gc_key, '-inf', now - gc_min_age, 'LIMIT', 0, gc_budget)
+-- The budget grows with the batch (up to 100 slots a call), so a scheduler that only
+-- sends big batches still collects as fast as many single admissions would.
+local budget = math.min(gc_budget * n, math.max(gc_budget, 100))
+if budget > 0 then
+  local due = redis.call('ZRANGEBYSCORE', gc_key, '-inf', now - gc_min_age, 'LIMIT', 0, budget)
   for _, field in ipairs(due) do
     if not pcall(collect, field) then
       redis.call('ZADD', gc_key, now, field)  -- look again later, after the others
