@@ -31,12 +31,19 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
 
 
-def _load(url: str, seed: int, ops: int, queue_name: str, out: Any, tolerate_outage: bool) -> None:
+def _load(url: str, seed: int, ops: int, queue_name: str, out: Any, tolerate_outage: bool,
+          ready: Any, done: Any) -> None:
+    """``ops`` operations; with a ``done`` event, keep going (up to ``ops``) until it is set."""
     rng = random.Random(seed)
     dedup = Deduplicator(Queue(queue_name, connection=_client(url)))
     counts: Counter[str] = Counter()
     admitted: list[tuple[str, float]] = []
-    for _ in range(ops):
+    ready.wait()
+    for i in range(ops):
+        if done is not None and done.is_set():
+            break
+        if done is not None and i == ops - 1:
+            counts["ran_out_of_ops"] += 1
         key = f"k{rng.randrange(KEYS)}"
         roll = rng.random()
         try:
@@ -63,14 +70,20 @@ def _load(url: str, seed: int, ops: int, queue_name: str, out: Any, tolerate_out
 
 def _run_load(url: str, queue_name: str, procs: int, ops: int, tolerate_outage: bool = False,
               during: Callable[[], None] | None = None) -> tuple[Counter[str], list[tuple[str, float]]]:
+    """Start ``procs`` load processes together; with ``during``, they run until it returns."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    workers = [ctx.Process(target=_load, args=(url, seed, ops, queue_name, out, tolerate_outage))
+    ready = ctx.Barrier(procs + 1)
+    done = ctx.Event() if during else None
+    workers = [ctx.Process(target=_load, args=(url, seed, ops, queue_name, out, tolerate_outage, ready, done))
                for seed in range(procs)]
     for p in workers:
         p.start()
+    ready.wait(timeout=60)
     if during:
+        assert done is not None
         during()
+        done.set()
     results = [out.get(timeout=240) for _ in workers]
     for p in workers:
         p.join(30)
@@ -147,11 +160,13 @@ def test_redis_restart_mid_load_with_aof(tmp_path: Any) -> None:
             time.sleep(1.0)  # down: clients must get RedisUnavailableError, not hang
             server.start()
             restarted_at.append(time.time())
+            time.sleep(1.0)  # up again: clients must recover without a restart of their own
 
-        counts, admitted = _run_load(server.url, "restart", 4, 400, tolerate_outage=True, during=restart)
+        counts, admitted = _run_load(server.url, "restart", 4, 20_000, tolerate_outage=True, during=restart)
         conn = _client(server.url)
         queue = Queue("restart", connection=conn)
         print(f"\nrestart: {dict(counts)}")
+        assert counts["ran_out_of_ops"] == 0, "the clients ran through the whole outage"
         assert counts["unavailable"] > 0, "the outage was seen as RedisUnavailableError"
         assert any(t > restarted_at[0] for _, t in admitted), "admissions resumed after the restart"
         assert violations(conn, queue) == {}
