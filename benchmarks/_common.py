@@ -71,6 +71,13 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **kwargs)
 
 
+def fresh(url: str) -> tuple[redis.Redis, dict[str, Any]]:
+    """A connection to an emptied db, and the machine/versions line for the results."""
+    conn = connect(url)
+    conn.flushdb()
+    return conn, machine(conn)
+
+
 # -- statistics -------------------------------------------------------------------
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reps = c.repeats(args)
     tick_keys = args.tick_keys or (2_000 if args.quick else 1_000_000)
     with c.redis_url(args) as url:
-        conn = c.connect(url)
-        conn.flushdb()
-        machine = c.machine(conn)
+        conn, machine = c.fresh(url)
         queue = Queue("bench", connection=conn)
         dedup = Deduplicator(queue)
         run_dedupkit(dedup, 100)  # warm: scripts loaded

@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     schedule = plan(keysets, rounds)
     ctx = mp.get_context("fork")
     with c.redis_url(args) as url:
-        conn = c.connect(url)
-        conn.flushdb()
-        machine = c.machine(conn)
+        conn, machine = c.fresh(url)
         queue = Queue("bench", connection=conn)
         barrier = ctx.Barrier(args.procs + 1, timeout=300)
         results = ctx.Queue()

@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     m = args.finished_keys or (2_000 if args.quick else 1_000_000)
     sweep_calls = 200 if args.quick else 5_000
     with c.redis_url(args) as url:
-        conn = c.connect(url)
-        conn.flushdb()
-        machine = c.machine(conn)
+        conn, machine = c.fresh(url)
         queue = Queue("bench", connection=conn)
         dedup = Deduplicator(queue)
 

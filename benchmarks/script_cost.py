@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reps = c.repeats(args)
     n = 100 if args.quick else 2000
     with c.redis_url(args) as url:
-        conn = c.connect(url)
-        conn.flushdb()
-        machine = c.machine(conn)
+        conn, machine = c.fresh(url)
         old = conn.config_get("slowlog-*")
         conn.config_set("slowlog-log-slower-than", 0)
         conn.config_set("slowlog-max-len", n + 100)

@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reps = c.repeats(args)
     calls = 200 if args.quick else 2000
     with c.redis_url(args) as url:
-        conn = c.connect(url)
-        conn.flushdb()
-        machine = c.machine(conn)
+        conn, machine = c.fresh(url)
         # One queue per depth, all filled first, so the depths are measured interleaved
         # (a load change on a shared machine then hits every depth alike).
         variants: dict[tuple[int, str], tuple[Any, int]] = {}
