@@ -94,6 +94,8 @@ def test_trigger_twice_shows_success_then_conflict(browser: Any, site: Backgroun
     browser.find_element(By.ID, "username-input").send_keys("alice")
     browser.find_element(By.ID, "password-input").send_keys("wrong")
     browser.find_element(By.ID, "login-button").click()
+    # The click returns before the answer page is loaded: wait for it, never read the old page.
+    wait.until(lambda d: d.find_elements(By.ID, "login-error"))
     assert browser.find_element(By.ID, "login-error").text == "Wrong username or password."
     browser.find_element(By.ID, "username-input").send_keys("alice")
     browser.find_element(By.ID, "password-input").send_keys(PASSWORD)
