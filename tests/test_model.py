@@ -141,10 +141,7 @@ class World(RuleBasedStateMachine):
         registry = self.queue.scheduled_job_registry
         job_ids = registry.get_jobs_to_schedule(int(time.time()) + skew)
         if between is not None:  # the race of DESIGN.md: a cancel between RQ's read and write
-            holder = self.dedup.status(between).job_id
-            if self.dedup.cancel(between):
-                assert holder is not None
-                self.cancelled.add(holder)
+            self._cancel(between)
         with self.conn.pipeline() as pipe:
             for job in Job.fetch_many(job_ids, connection=self.conn):
                 if job is not None:
@@ -206,6 +203,10 @@ class World(RuleBasedStateMachine):
 
     @rule(key=st.sampled_from(KEYS))
     def cancel(self, key: str) -> None:
+        self._cancel(key)
+
+    def _cancel(self, key: str) -> None:
+        """cancel(key) takes a waiting follow-up first, else the holder."""
         before = self.dedup.status(key)
         target = before.follow_up_job_id or before.job_id
         if self.dedup.cancel(key):
@@ -281,3 +282,24 @@ def test_model_on_real_redis(real_world: type[World]) -> None:
 
     run_state_machine_as_test(real_world, settings=settings(max_examples=20, stateful_step_count=30, deadline=None,
                                                             suppress_health_check=[HealthCheck.too_slow]))
+
+
+@pytest.mark.parametrize("backend", ["fake", "real"])
+def test_model_replay_cancel_of_a_follow_up_between_promote_steps(backend: str, request: pytest.FixtureRequest) -> None:
+    """The sequence hypothesis found on CI: the model once credited this cancel to the
+    running holder, while cancel(key) (as documented) takes the waiting follow-up."""
+    world_type: type[World] = FakeWorld if backend == "fake" else request.getfixturevalue("real_world")
+    world = world_type()
+    try:
+        steps = [lambda: world.scheduler_tick(delays=[None]), world.worker_dequeues, world.worker_starts,
+                 lambda: world.trigger(key="a", policy="follow_up"),
+                 lambda: world.rq_scheduler_promotes_with_a_cancel_in_between(key="a", skew=0)]
+        for step in steps:
+            step()
+            world.at_most_one_runnable_job_per_key_and_status_agrees()
+            world.nothing_admitted_is_lost()
+        follow_ups = [j for j in world.admitted if world.status_of(j) == "canceled"]
+        assert len(follow_ups) == 1 and world.cancelled == set(follow_ups)
+        assert world.dedup.status("a").state == "running"
+    finally:
+        world.teardown()
