@@ -13,6 +13,7 @@ every comparison the scripts and RQ make. No sleeps.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
@@ -33,6 +34,8 @@ from dedupkit.keys import decode_key
 from .support import RedisServer
 
 KEYS = ["a", "b", "c"]
+# A longer soak: DEDUPKIT_SOAK=10 runs ten times the examples (README, "Tests").
+SOAK = int(os.environ.get("DEDUPKIT_SOAK", "1"))
 TASK = "tests.tasks.work"
 LEASE = 60.0  # seconds a heartbeat keeps a running job alive, as RQ's 60 s of slack
 
@@ -264,7 +267,7 @@ class FakeWorld(World):
 
 
 TestModelFakeredis = FakeWorld.TestCase
-TestModelFakeredis.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
+TestModelFakeredis.settings = settings(max_examples=100 * SOAK, stateful_step_count=30, deadline=None,
                                        suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -280,7 +283,8 @@ def real_world(real_server: RedisServer) -> type[World]:
 def test_model_on_real_redis(real_world: type[World]) -> None:
     from hypothesis.stateful import run_state_machine_as_test
 
-    run_state_machine_as_test(real_world, settings=settings(max_examples=20, stateful_step_count=30, deadline=None,
+    run_state_machine_as_test(real_world, settings=settings(max_examples=20 * SOAK, stateful_step_count=30,
+                                                            deadline=None,
                                                             suppress_health_check=[HealthCheck.too_slow]))
 
 
