@@ -276,14 +276,27 @@ class Deduplicator:
 
     def status(self, key: Key) -> SlotStatus:
         """What holds ``key``'s slot now: one read-only script call, O(1)."""
-        norm = normalize_key(key)
+        return self.status_many([key])[0]
+
+    def status_many(self, keys: Iterable[Key], *, batch_size: int = 500) -> list[SlotStatus]:
+        """``status`` of many keys, in order: one read-only script call per ``batch_size``.
+
+        Every key is checked first; a bad one raises InvalidKeyError before anything is read.
+        """
+        if batch_size < 1:
+            raise InvalidRequestError("batch_size must be at least 1")
+        norms = [normalize_key(key) for key in keys]
         k = self.keys
-        reply = self._scripts.call(scripts.STATUS, [k.slots, k.followups, k.scheduled, k.started, k.last],
-                                   [k.job_prefix, k.executions_prefix, encode_key(norm)])
-        last = LastRun.parse(reply[6])
-        if not reply[0]:
-            return SlotStatus(norm, last_run=last)
-        return replace(SlotStatus.from_reply(norm, *reply[:6]), last_run=last)
+        statuses: list[SlotStatus] = []
+        for start in range(0, len(norms), batch_size):
+            chunk = norms[start:start + batch_size]
+            replies = self._scripts.call(scripts.STATUS, [k.slots, k.followups, k.scheduled, k.started, k.last],
+                                         [k.job_prefix, k.executions_prefix, *map(encode_key, chunk)])
+            for norm, reply in zip(chunk, replies, strict=True):
+                last = LastRun.parse(reply[6])
+                statuses.append(replace(SlotStatus.from_reply(norm, *reply[:6]), last_run=last) if reply[0]
+                                else SlotStatus(norm, last_run=last))
+        return statuses
 
     def is_running(self, key: Key) -> bool:
         return self.status(key).has_running_job
@@ -309,16 +322,17 @@ class Deduplicator:
     def slots(self, cursor: int = 0, count: int = 100) -> tuple[int, list[tuple[str, str, SlotStatus]]]:
         """One page of occupied slots: (next cursor, [(key, slot's job id, status)]).
 
-        HSCAN-based (never blocks Redis); cursor 0 starts, a returned 0 means done. A
-        slot whose job has ended shows a free status until gc or ``sweep`` deletes it.
+        HSCAN-based (never blocks Redis), then one status_many call for the page; cursor 0
+        starts, a returned 0 means done. A slot whose job has ended shows a free status
+        until gc or ``sweep`` deletes it.
         """
         with scripts.redis_errors():
             cursor, page = self._hscan(cursor, count)
-        rows = []
-        for field, job_id in sorted(page.items()):
-            key = decode_key(field.decode())
-            rows.append((key, job_id.decode(), self.status(key)))
-        return int(cursor), rows
+        items = sorted(page.items())
+        keys = [decode_key(field.decode()) for field, _ in items]
+        statuses = self.status_many(keys)
+        return int(cursor), [(key, job_id.decode(), status)
+                             for key, (_, job_id), status in zip(keys, items, statuses, strict=True)]
 
     def sweep(self, batch_size: int = 100) -> int:
         """Delete every slot whose job has ended, ``batch_size`` slots per script call.

@@ -32,7 +32,7 @@ class ScriptSpec:
 
 
 ADMIT = ScriptSpec("admit.lua", keys=11, argv=9, more_keys=True, more_argv=True)
-STATUS = ScriptSpec("status.lua", keys=5, argv=3)
+STATUS = ScriptSpec("status.lua", keys=5, argv=2, more_argv=True)
 CANCEL = ScriptSpec("cancel.lua", keys=10, argv=6)
 SWEEP = ScriptSpec("sweep.lua", keys=9, argv=4, more_argv=True)
 ADOPT = ScriptSpec("adopt.lua", keys=5, argv=2, more_argv=True)

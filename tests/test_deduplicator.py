@@ -319,3 +319,31 @@ def test_damaged_data_met_by_gc_does_not_fail_the_admission(queue: Queue) -> Non
     conn.set("rq:job:job_bad_1", "not a hash")
     assert dedup.enqueue("fine", TASK).admitted
     assert conn.zscore(dedup.keys.gc, "bad") > 0, "looked at again later"
+
+
+def test_status_many_answers_like_status_for_every_state(dedup: Deduplicator, queue: Queue) -> None:
+    from . import rqstate
+
+    done = dedup.enqueue("done", TASK, "x")
+    rqstate.run_all(queue)
+    dedup.enqueue("queued", TASK, "x")
+    dedup.enqueue_in(timedelta(hours=1), "scheduled", TASK, "x")
+    running = dedup.enqueue("running", TASK, "x")
+    rqstate.start(queue.connection, queue, running.job_id)
+    dedup.enqueue("running", TASK, "y", on_conflict="follow_up")
+    keys = ["free", "done", "queued", "scheduled", "running", 7, "7"]
+    for batch_size in (500, 2, 1):
+        many = dedup.status_many(keys, batch_size=batch_size)
+        assert many == [dedup.status(k) for k in keys]
+    assert [s.state for s in many] == [None, None, JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, None, None]
+    assert many[1].last_run is not None and many[1].last_run.job_id == done.job_id
+    assert many[4].follow_up_job_id is not None
+    assert [s.key for s in many] == ["free", "done", "queued", "scheduled", "running", "7", "7"]
+    assert dedup.status_many([]) == []
+
+
+def test_status_many_checks_every_key_before_reading(dedup: Deduplicator) -> None:
+    with pytest.raises(InvalidKeyError):
+        dedup.status_many(["fine", ""])
+    with pytest.raises(InvalidRequestError):
+        dedup.status_many(["fine"], batch_size=0)

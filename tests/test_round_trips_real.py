@@ -53,6 +53,7 @@ def test_each_call_is_one_request(real_server: RedisServer, real_redis: redis.Re
     assert _requests(real_server, lambda: dedup.enqueue_in(timedelta(hours=1), "b", "tests.tasks.work")) == [
         "EVALSHA"]
     assert _requests(real_server, lambda: dedup.status("a")) == ["EVALSHA"]
+    assert _requests(real_server, lambda: dedup.status_many(range(1200))) == ["EVALSHA"] * 3  # 500 per call
     assert _requests(real_server, lambda: dedup.cancel("a")) == ["EVALSHA"]
     # The conflict policies are decided inside the same script: still one request.
     assert _requests(real_server, lambda: dedup.enqueue("b", "tests.tasks.work", on_conflict="replace")) == [
