@@ -89,12 +89,41 @@ def test_second_tick_skips_every_pending_user_with_the_log_line(rqueue: Queue,
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Scheduler tick:")]
     assert summary == [summary[0]] and f"{N} entries, 0 admitted, {N} skipped (pending)" in summary[0]
     assert len(pending_ids(rqueue)) == N
+    assert [a.job_id for _, a in second.admissions] == [a.job_id for _, a in first.admissions]
 
 
-def test_two_replicas_racing_give_one_job_per_user(real_server: RedisServer, real_redis: redis.Redis) -> None:
+@pytest.mark.parametrize("precheck", [True, False])
+def test_precheck_builds_no_job_for_a_pending_user(rqueue: Queue, precheck: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    dedup = Deduplicator(rqueue)
+    sched = Scheduler(dedup, lambda: entries(N, future_every=None), interval=60, leader_lease=False,
+                      precheck=precheck)
+    assert sched.tick().admitted == N
+    dedup.cancel(7)  # one free user among the pending ones
+    built: list[str] = []
+    real = dedup._prepare
+
+    def spy(request):  # type: ignore[no-untyped-def]
+        built.append(str(request.key))
+        return real(request)
+
+    monkeypatch.setattr(dedup, "_prepare", spy)
+    second = sched.tick()
+    assert (second.admitted, second.skipped, second.errors) == (1, N - 1, 0)
+    assert len(pending_ids(rqueue)) == N
+    # With the precheck only user 7's job is built; the skips are the scheduler's, not
+    # admission conflicts, so they are not in the decision counters.
+    assert built == (["7"] if precheck else [str(uid) for uid in range(N)])
+    assert dedup.stats().get("conflict", 0) == (0 if precheck else N - 1)
+
+
+@pytest.mark.parametrize("precheck", [True, False])
+def test_two_replicas_racing_give_one_job_per_user(real_server: RedisServer, real_redis: redis.Redis,
+                                                   precheck: bool) -> None:
     """Two schedulers on their own connections tick over the same users at the same
     moment, batch for batch (a barrier holds them in step), so both send the same keys
-    in overlapping script calls. No lease: the guarantee must hold without it."""
+    in overlapping script calls. No lease: the guarantee must hold without it, with or
+    without the precheck (a status read that may find the key free or already taken)."""
     batch = 25
     barrier = threading.Barrier(2)
     calls: list[tuple[int, float, float]] = []
@@ -108,17 +137,18 @@ def test_two_replicas_racing_give_one_job_per_user(real_server: RedisServer, rea
                 yield entry
 
         dedup = Deduplicator(Queue("sched", connection=conns[index]))
-        real = dedup.enqueue_many
+        sched = Scheduler(dedup, source, interval=60, batch_size=batch, leader_lease=False, precheck=precheck)
+        real = sched._admit
 
-        def timed(requests, **kw):  # type: ignore[no-untyped-def]
+        def timed(requests, result):  # type: ignore[no-untyped-def]
             started = time.monotonic()
             try:
-                return real(requests, **kw)
+                return real(requests, result)
             finally:
                 calls.append((index, started, time.monotonic()))
 
-        dedup.enqueue_many = timed  # type: ignore[method-assign]
-        return Scheduler(dedup, source, interval=60, batch_size=batch, leader_lease=False)
+        sched._admit = timed  # type: ignore[method-assign]
+        return sched
 
     scheds = [make(0), make(1)]
     results = []
@@ -174,6 +204,8 @@ def test_bad_entries_and_a_script_error_cost_only_their_own_user(rqueue: Queue,
     assert sorted(key_of(i) for i in pending_ids(rqueue)) == sorted(f"u{i}" for i in range(6))
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("Could not schedule job for user broken: admit.lua failed") for m in messages)
+    # The precheck read hit the same WRONGTYPE: the batch went on to admission as a whole.
+    assert any(m.startswith("Reading the status of a batch of 7 failed") for m in messages)
 
 
 def test_source_failure_is_logged_and_the_next_tick_runs(rqueue: Queue) -> None:
