@@ -84,6 +84,15 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 class RQWorker:
     """A real ``rq worker`` process (forking Worker unless told otherwise)."""
 
@@ -103,15 +112,25 @@ class RQWorker:
         args.append(queue)
         self.log = tempfile.NamedTemporaryFile(prefix="rq-worker-", suffix=".log", delete=False)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        # Own process group: a SIGKILL of the group takes the work-horse with it.
+        # Own process group. RQ's work-horse leaves it (os.setpgrp() after the fork), so
+        # the horses are signalled by pid as well.
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+
+    def _signal_all(self, sig: int, horses: list[int]) -> None:
+        for group in (self.proc.pid, *horses):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                pass
 
     def kill_all(self) -> None:
         """SIGKILL the worker and its work-horse at once (a host or container dying)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            horses = self.horse_pids()
+            self._signal_all(signal.SIGKILL, horses)
             self.proc.wait(10)
+            wait_for(lambda: not any(_alive(pid) for pid in horses), 10, what="the work-horse to die")
 
     def horse_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
@@ -119,11 +138,12 @@ class RQWorker:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            horses = self.horse_pids()
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self._signal_all(signal.SIGKILL, horses)
                 self.proc.wait(10)
             except ProcessLookupError:
                 pass
