@@ -88,6 +88,15 @@ def _aware(when: datetime) -> datetime:
     return when if when.tzinfo is not None else when.astimezone()
 
 
+def _valid_key(key: Key) -> bool:
+    """False for a key enqueue_many will refuse (it reports that as the request's error)."""
+    try:
+        normalize_key(key)
+    except InvalidKeyError:
+        return False
+    return True
+
+
 def _fmt(when: datetime) -> str:
     return _aware(when).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -237,27 +246,19 @@ class Scheduler:
         is the same answer a conflict would have been a moment later; it is not counted
         in ``Deduplicator.stats()``.
         """
-        readable: list[tuple[EnqueueRequest, datetime | None]] = []
-        for request, at in batch:
-            try:
-                normalize_key(request.key)
-            except InvalidKeyError:
-                continue  # enqueue_many reports it as this request's error
-            readable.append((request, at))
+        readable = [i for i, (request, _) in enumerate(batch) if _valid_key(request.key)]
         try:
-            statuses = self.dedup.status_many([r.key for r, _ in readable], batch_size=len(readable) or 1)
+            statuses = self.dedup.status_many([batch[i][0].key for i in readable], batch_size=len(readable) or 1)
         except ScriptError as exc:
             self.log.error("Reading the status of a batch of %d failed (%s); admitting it all", len(readable), exc)
             return batch
-        pending = {id(request): status for (request, _), status in zip(readable, statuses, strict=True)
-                   if status.pending}
+        pending = {i: status for i, status in zip(readable, statuses, strict=True) if status.pending}
         rest = []
-        for request, at in batch:
-            status = pending.get(id(request))
-            if status is None:
-                rest.append((request, at))
+        for i, (request, at) in enumerate(batch):
+            if i in pending:
+                self._record(request, at, Admission(False, pending[i].job_id, pending[i]), result)
             else:
-                self._record(request, at, Admission(False, status.job_id, status), result)
+                rest.append((request, at))
         return rest
 
     def _admit(self, batch: list[tuple[EnqueueRequest, datetime | None]], result: TickResult) -> None:
