@@ -251,6 +251,12 @@ class Deduplicator:
             logger.info("Key %r already has pending job %s (%s)%s", p.key, job_id,
                         status.state and status.state.value, f"; {p.policy} not applied: {note}" if note else "")
             return Admission(False, job_id, status, reason=note or None)
+        if note == "replayed":
+            # redis-py resent a call whose reply was lost; the first run admitted this job.
+            logger.info("Key %r: replayed call, job %s was already admitted", p.key, job_id)
+            status = (SlotStatus.from_reply(p.key, reply[1], reply[2], reply[3], reply[4], reply[5]) if reply[2]
+                      else SlotStatus(p.key))
+            return Admission(True, job_id, status, job=p.job)
         # The new job's times are the ones Python wrote: no need to parse them back.
         status = SlotStatus(p.key, job_id, JobState.from_rq(reply[2].decode()),
                             scheduled_for=datetime.fromtimestamp(int(p.run_at), tz=timezone.utc) if p.run_at else None,

@@ -154,8 +154,10 @@ class Admission:
     one; with ``"follow_up"``, ``follow_up_of`` is the running job this one waits for.
     When such a policy could not apply, ``reason`` says why: 'running', 'dequeued' (a
     worker is starting it), 'due' (RQ's scheduler may be promoting it), 'not_running'
-    (no follow-up for a job that has not started) or 'coalesced' (a follow-up already
-    waits; ``job_id`` is that follow-up's).
+    (no follow-up for a job that has not started), 'repeating' (the holder has RQ repeats
+    left, and RQ would start a follow-up beside its next repeat) or 'coalesced' (a
+    follow-up already waits; ``job_id`` is that follow-up's). A call that redis-py replayed
+    after a lost reply answers ``admitted`` for the job its first run admitted.
     """
 
     admitted: bool

@@ -23,12 +23,16 @@ def start(conn: redis.Redis, queue: Queue, job_id: str, lease: float | None = 30
         job.prepare_for_execution("test-worker", pipe)
         pipe.execute()
     if lease is not None:
-        conn.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() + lease})
+        heartbeat(conn, queue, execution, lease)
     return execution
 
 
 def heartbeat(conn: redis.Redis, queue: Queue, execution: Execution, lease: float) -> None:
-    conn.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() + lease}, xx=True)
+    """What RQ's heartbeat writes: the lease in rq:wip, and the execution's own score in
+    rq:executions:<job> 60 s later (rq/executions.py ExecutionRegistry.add)."""
+    end = time.time() + lease
+    conn.zadd(queue.started_job_registry.key, {execution.composite_key: end}, xx=True)
+    conn.zadd(f"rq:executions:{execution.job_id}", {execution.id: end + 60})
 
 
 def run_all(queue: Queue) -> None:

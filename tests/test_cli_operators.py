@@ -55,7 +55,8 @@ def test_status_list_cancel_stats_sweep_adopt(real_server: RedisServer, real_red
     code, out = run(capsys, "cancel", "ops", "carol", "--url", url)
     assert code == 1 and "not cancelled" in out and dedup.is_running("carol")
 
-    real_redis.hset(f"rq:job:{running.job_id}", "status", "finished")
+    real_redis.hset(f"rq:job:{running.job_id}", "status", "finished")  # and the horse's execution ends:
+    real_redis.delete(queue.started_job_registry.key, f"rq:executions:{running.job_id}")
     code, out = run(capsys, "sweep", "ops", "--url", url, "--json")
     assert json.loads(out) == {"deleted": 1}
     code, out = run(capsys, "stats", "ops", "--url", url, "--json")

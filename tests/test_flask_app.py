@@ -93,7 +93,8 @@ def test_running_and_finished_jobs(app: Flask, real_redis: redis.Redis) -> None:
     execution = rqstate.start(real_redis, queue, job_id)
     conflict = client.post(TRIGGER, headers={"X-CSRF-Token": token}).get_json()
     assert conflict["job_status"]["state"] == "running" and conflict["job_status"]["has_running_job"] is True
-    real_redis.zrem(queue.started_job_registry.key, execution.composite_key)
+    real_redis.zrem(queue.started_job_registry.key, execution.composite_key)  # Execution.delete
+    real_redis.zrem(f"rq:executions:{job_id}", execution.id)
     real_redis.hset(f"rq:job:{job_id}", "status", "finished")
     again = client.post(TRIGGER, headers={"X-CSRF-Token": token})
     assert again.status_code == 202 and again.get_json()["job_id"] != job_id

@@ -93,7 +93,7 @@ class World(RuleBasedStateMachine):
                 out[key_of(job_id)].add(job_id)
         for member, score in self.conn.zrange(self.queue.started_job_registry.key, 0, -1, withscores=True):
             job_id = member.decode().split(":")[0]
-            if score > now and self.status_of(job_id) == "started":
+            if score > now:  # a horse with a live lease runs, whatever the hash says
                 out[key_of(job_id)].add(job_id)
         return out
 
@@ -130,13 +130,15 @@ class World(RuleBasedStateMachine):
 
     @rule(dt=st.sampled_from([1, 15, 45, 61, 120, 4000]))
     def time_passes(self, dt: int) -> None:
-        for zkey in (self.queue.scheduled_job_registry.key, self.queue.started_job_registry.key):
+        executions = self.conn.keys("rq:executions:*")  # each execution's own score ages too
+        for zkey in (self.queue.scheduled_job_registry.key, self.queue.started_job_registry.key, *executions):
             for member, score in self.conn.zrange(zkey, 0, -1, withscores=True):
                 self.conn.zadd(zkey, {member: score - dt})
         now = time.time()
         for job_id, (_, execution) in self.running.items():  # live workers heartbeat meanwhile
             if job_id not in self.killed:
                 self.conn.zadd(self.queue.started_job_registry.key, {execution.composite_key: now + LEASE})
+                self.conn.zadd(f"rq:executions:{job_id}", {execution.id: now + LEASE + 60})
 
     def _promote(self, skew: int, between: str | None = None) -> None:
         """RQScheduler.enqueue_scheduled_jobs, step by step (rq 2.12 scheduler.py), on a

@@ -55,10 +55,10 @@ def test_scheduled_job_runs_through_the_rq_scheduler(real_redis: redis.Redis,
 
 
 def _kill_mid_job(real_redis: redis.Redis, workers: Callable[..., RQWorker], monitoring: int,
-                  worker_class: str | None) -> tuple[Deduplicator, str, float, RQWorker]:
+                  worker_class: str | None, retries: int = 0) -> tuple[Deduplicator, str, float, RQWorker]:
     dedup = _dedup(real_redis)
     worker = workers(worker_class=worker_class, monitoring_interval=monitoring)
-    adm = dedup.enqueue("k", TASK, "k", 300.0, job_timeout=600, retry=Retry(max=2))
+    adm = dedup.enqueue("k", TASK, "k", 300.0, job_timeout=600, **({"retry": Retry(max=retries)} if retries else {}))
     wait_for(lambda: dedup.is_running("k"), 30, what="the job to start")
     # Alive through several heartbeats: the lease keeps being renewed, the key stays blocked.
     time.sleep(2 * monitoring + 1)
@@ -80,14 +80,31 @@ def test_sigkilled_worker_blocks_until_its_lease_expires_then_frees(
     assert _status(real_redis, job_id) == JobStatus.STARTED  # RQ has not noticed yet; we did
     again = dedup.enqueue("k", TASK, "k", 0.1)
     assert again.admitted and again.recovered == "dead"
-    # RQ's maintenance (StartedJobRegistry.cleanup) later fails the dead job; despite its
-    # retries it must not be re-queued beside the new one: not lost, not duplicated.
+    # RQ's maintenance (StartedJobRegistry.cleanup) later fails the dead job (no retries):
+    # the new job stays the only one.
     queue = Queue("test", connection=real_redis)
     queue.started_job_registry.cleanup()
     assert _status(real_redis, job_id) == JobStatus.FAILED
     assert job_id in queue.failed_job_registry.get_job_ids()
     assert queue.get_job_ids() == [again.job_id]
     print(f"recovered {recovery:.1f}s after SIGKILL (lease slack 2 s, heartbeat 1 s)")
+
+
+def test_sigkilled_worker_with_retries_left_holds_the_key_until_rq_retries_it(
+        real_redis: redis.Redis, workers: Callable[..., RQWorker]) -> None:
+    """A dead job with retries left is RQ's to re-queue: the key waits for RQ's cleanup
+    (it used to be taken over, and RQ's cleanup then re-queued the old job beside it)."""
+    dedup, job_id, _, _ = _kill_mid_job(real_redis, workers, 1, "tests.workers.ShortLeaseWorker", retries=2)
+    queue = Queue("test", connection=real_redis)
+    wait_for(lambda: real_redis.zrangebyscore(queue.started_job_registry.key, 0, time.time()), 15,
+             what="the lease to expire")
+    status = dedup.status("k")
+    assert status.job_id == job_id and status.pending
+    assert not dedup.enqueue("k", TASK, "k").admitted and dedup.sweep() == 0 and not dedup.cancel("k")
+    queue.started_job_registry.cleanup()  # RQ's maintenance: the retry
+    assert _status(real_redis, job_id) == JobStatus.QUEUED and queue.get_job_ids() == [job_id]
+    status = dedup.status("k")
+    assert status.job_id == job_id and status.state is JobState.QUEUED
 
 
 def test_sigkilled_horse_alone_fails_the_job_and_frees_the_slot(

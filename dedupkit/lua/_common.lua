@@ -1,20 +1,20 @@
 -- _common.lua: helpers shared by every dedupkit script; Python prepends this file to
--- admit.lua, status.lua and cancel.lua when it loads them. It reads no KEYS or ARGV: each
--- script passes its keys in a table K = {slots, followups, last, queue, scheduled,
+-- admit.lua, status.lua, cancel.lua, sweep.lua and adopt.lua when it loads them. It
+-- reads no KEYS or ARGV: each script passes its keys in a table K = {slots, followups, last, queue, scheduled,
 -- started, deferred, canceled, job_prefix, exec_prefix, dependents} (entries a script does
 -- not need are nil; 'dependents' is RQ's string.format template of a job's dependents set;
 -- 'last' is the hash of each key's last run, "<job id>|<final status>|<ended at>").
 --
 -- dk_now()        Redis server time, epoch seconds (float). The scripts trust this clock
---                 only: one clock for every client, so a client whose clock is off can
---                 neither free nor block a slot.
--- dk_inspect(K, job_id, now)
---   -> nil, reason  when the job no longer holds its slot; reason is 'gone' (hash gone, a
---                   bare heartbeat hash, or 'scheduled' with no entry in the scheduled
---                   registry), 'ended' (finished/failed/stopped/canceled/created) or
---                   'dead' (started, but every RQ execution lease has expired)
---   -> {rq_status, enqueued_at, started_at, scheduled_for}  when it is pending
--- dk_resolve(K, field, now, write)
+--                 for every lease and due time: one clock for every client.
+-- dk_lease(K, job_id, now) -> 'live' | 'expired' | nil   the job's RQ execution leases
+-- dk_pending(K, job_id, now)     THE rule for "pending", used by every script:
+--   -> {state, enqueued_at, started_at, scheduled_for}  the job holds its key; state is
+--      'queued', 'scheduled', 'deferred' or 'started' (running, or RQ must still settle it)
+--   -> nil, reason  when it no longer does; reason is 'gone' (hash gone, a bare heartbeat
+--      hash, or an orphan 'scheduled'), 'ended' (a final status) or 'dead' (started, every
+--      lease expired, no retries left)
+-- dk_resolve(K, field, now, write, now_text)
 --   -> holder_id, info, reason, follow_id   the slot's pending job (info nil when free),
 --      and a waiting follow-up. When the holder is over, its follow-up becomes the holder
 --      (written only when write is true), pending or, if it has run too, as the last run.
@@ -30,53 +30,92 @@ local function dk_now()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
--- A started job is alive while one of its executions holds a lease in rq:wip:<q> that
--- has not expired. RQ's heartbeat pushes that score to now + ttl every
--- job_monitoring_interval; a SIGKILLed worker stops pushing it. O(1): a job has one
--- live execution (we look at the 4 newest), each checked with one ZSCORE.
-local function dk_lease_alive(K, job_id, now)
-  local execs = redis.call('ZREVRANGE', K.exec_prefix .. job_id, 0, 3)
-  for _, exec_id in ipairs(execs) do
-    local score = redis.call('ZSCORE', K.started, job_id .. ':' .. exec_id)
+-- How a job's executions stand: 'live' when one holds a lease that has not expired,
+-- 'expired' when only expired ones remain in rq:wip:<q> (RQ's StartedJobRegistry.cleanup
+-- has not settled the job yet), nil when the job has none. O(1): the job's own
+-- executions zset names them (we look at the 4 newest). The lease is the execution's
+-- score in rq:wip:<q> (RQ's heartbeat pushes it to now + ttl; a SIGKILLed worker stops
+-- pushing). RQ's own Job.cancel/Job.delete of a running job and its cleanup take that
+-- entry away while the horse may still run; the heartbeat then still pushes the
+-- execution's score in the executions zset to now + ttl + 60 (rq/executions.py
+-- ExecutionRegistry.add), so without a wip entry that score less 60 s is the lease.
+-- That zset also outlives a job hash dropped by a ttl or an eviction.
+local DK_EXEC_SLACK = 60
+local function dk_lease(K, job_id, now)
+  local found = nil
+  local function live(score)
+    return score == 'inf' or score == '+inf' or tonumber(score) > now
+  end
+  local execs = redis.call('ZREVRANGE', K.exec_prefix .. job_id, 0, 3, 'WITHSCORES')
+  for i = 1, #execs, 2 do
+    local score = redis.call('ZSCORE', K.started, job_id .. ':' .. execs[i])
     if score then
-      if score == 'inf' or score == '+inf' then
-        return true
+      if live(score) then
+        return 'live'
       end
-      local n = tonumber(score)
-      if n and n > now then
-        return true
-      end
+      found = 'expired'
+    elseif (tonumber(execs[i + 1]) or 0) - DK_EXEC_SLACK > now then
+      return 'live'
     end
   end
-  return false
+  return found
 end
 
-local DK_PENDING = { queued = true, scheduled = true, deferred = true }
+-- RQ's final statuses. 'created' is a job nothing has enqueued (RQ pushes no job
+-- without setting 'queued' first).
+local DK_OVER = { finished = true, failed = true, stopped = true, canceled = true, created = true }
 
-local function dk_inspect(K, job_id, now)
-  -- 'origin' is written with every job; a hash without it is a heartbeat ghost (rq#1450).
-  local f = redis.call('HMGET', K.job_prefix .. job_id, 'status', 'origin', 'enqueued_at', 'started_at')
+-- THE rule: does job_id still hold its key? A job holds it while RQ's data says it may
+-- still run. Every path that reads or frees a slot asks this function and nothing else.
+-- See the README's guarantee table for the reasoning behind each line.
+--   -> {state, enqueued_at, started_at, scheduled_for}  pending; state is 'queued',
+--      'scheduled', 'deferred' or 'started' (running, or RQ still has to settle it)
+--   -> nil, reason  over: 'gone' (no hash / a heartbeat ghost / an orphan 'scheduled'),
+--      'ended' (a final status) or 'dead' (started, lease expired, no retries left)
+local function dk_pending(K, job_id, now)
+  local f = redis.call('HMGET', K.job_prefix .. job_id, 'status', 'origin', 'enqueued_at', 'started_at',
+    'retries_left')
   local status = f[1]
-  if not status or not f[2] then
+  -- 'origin' is written with every job; a hash without it is a heartbeat ghost (rq#1450).
+  local whole = status and f[2]
+  local lease = dk_lease(K, job_id, now)
+  local enqueued_at, started_at = f[3] or '', f[4] or ''
+  -- 1. A live lease: a horse runs it, whatever the status or hash says (RQ's own
+  --    Job.cancel of a running job, a hash dropped by its ttl or an eviction, a retry
+  --    that already wrote 'scheduled' while the worker's pipeline has not run).
+  if lease == 'live' then
+    return { 'started', enqueued_at, started_at, '' }
+  end
+  if not whole then
     return nil, 'gone'
   end
-  if status == 'started' then
-    if not dk_lease_alive(K, job_id, now) then
-      return nil, 'dead'
+  -- 2. An expired lease that RQ's cleanup has not settled, on a job with retries left:
+  --    RQ will re-queue or re-schedule it (and a cleanup already in flight re-saves its
+  --    own copy of the job), so the key stays with it until RQ has decided.
+  local unsettled = lease == 'expired' and (tonumber(f[5]) or 0) > 0
+  if status == 'queued' or status == 'deferred' then
+    -- 'queued' counts whether or not the id is still in the list: a worker dequeues in
+    -- two steps and the id sits in neither list nor registry in between.
+    return { status, enqueued_at, started_at, '' }
+  elseif status == 'scheduled' then
+    local at = redis.call('ZSCORE', K.scheduled, job_id)
+    if at then
+      return { status, enqueued_at, started_at, at }
+    elseif unsettled then
+      return { 'started', enqueued_at, started_at, '' }
     end
-  elseif not DK_PENDING[status] then
+    -- Neither in the registry nor being retried: an orphan nothing will run.
+    return nil, 'gone'
+  elseif status == 'started' then
+    if unsettled then
+      return { 'started', enqueued_at, started_at, '' }
+    end
+    return nil, 'dead'
+  elseif DK_OVER[status] then
     return nil, 'ended'
   end
-  local scheduled_for = ''
-  if status == 'scheduled' then
-    scheduled_for = redis.call('ZSCORE', K.scheduled, job_id)
-    if not scheduled_for then
-      -- RQ moves a job out of the scheduled registry and changes its status in one
-      -- MULTI; 'scheduled' with no registry entry is an orphan nothing will ever run.
-      return nil, 'gone'
-    end
-  end
-  return { status, f[3] or '', f[4] or '', scheduled_for }, nil
+  -- A status this script does not know (a newer RQ's): fail closed, as waiting to run.
+  return { 'queued', enqueued_at, started_at, '' }
 end
 
 -- RQ enqueues a deferred job when the job it depends on ends. When that job died with
@@ -117,13 +156,13 @@ local function dk_resolve(K, field, now, write, enqueued_at)
   local holder = redis.call('HGET', K.slots, field)
   local info, reason = nil, nil
   if holder then
-    info, reason = dk_inspect(K, holder, now)
+    info, reason = dk_pending(K, holder, now)
   end
   local follow = K.followups and redis.call('HGET', K.followups, field)
   if not follow then
     return holder, info, reason, nil
   end
-  local finfo, freason = dk_inspect(K, follow, now)
+  local finfo, freason = dk_pending(K, follow, now)
   if info then
     if finfo then
       return holder, info, reason, follow
@@ -142,7 +181,7 @@ local function dk_resolve(K, field, now, write, enqueued_at)
     end
     if finfo and finfo[1] == 'deferred' then
       dk_release(K, follow, holder, enqueued_at)
-      finfo = dk_inspect(K, follow, now)
+      finfo = dk_pending(K, follow, now)
     end
     redis.call('HSET', K.slots, field, follow)
     redis.call('HDEL', K.followups, field)

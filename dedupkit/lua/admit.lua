@@ -1,6 +1,8 @@
 -- admit.lua: admit a batch of jobs, each only if its dedup key's slot is free.
 -- For each request, in order and atomically with the others: find the slot's pending job
--- (dk_resolve). Free: refuse an existing job hash ('collision'), else write the prepared
+-- (dk_resolve, which asks dk_pending). A replay of a call that already admitted this job
+-- id answers 'admitted' again and writes nothing. An existing job hash is refused
+-- ('collision') before anything is withdrawn. Free: write the prepared
 -- RQ job hash, register the queue, push the id onto the queue (or ZADD the scheduled
 -- registry) and point the slot at the new job. Pending: apply the request's policy:
 --   reject     answer 'conflict' with the holder
@@ -8,7 +10,8 @@
 --              running, just-dequeued or due holder is kept: 'conflict'
 --   follow_up  holder running: admit the job as RQ-deferred on the holder (it runs when
 --              the holder ends, success or failure); a waiting follow-up answers
---              'conflict' with its id; a holder not running: 'conflict'
+--              'conflict' with its id; a holder not running, or one with RQ repeats
+--              left (RQ would run the follow-up beside its next repeat): 'conflict'
 -- Then check up to ARGV[4] of the least recently checked slots and delete those whose
 -- job has ended, so slots of finished jobs do not pile up.
 --
@@ -46,10 +49,11 @@
 -- Reply: one array per request (9 fields):
 --   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, ''}
 --     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead');
---     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>'
+--     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>' | 'replayed'
+--     (a replay: rq_status .. scheduled_for describe the job now, all '' once it ended)
 --   {'conflict', holder_id, rq_status, enqueued_at, started_at, scheduled_for, '', note, follow_up_id}
 --     note = '' | why the policy could not apply ('running'|'dequeued'|'due'|
---            'not_running'|'coalesced' (job_id is then the waiting follow-up))
+--            'not_running'|'repeating'|'coalesced' (job_id is then the waiting follow-up))
 --     follow_up_id = '' or the follow-up waiting behind a running holder
 --   {'collision', job_id, '', '', '', '', '', '', ''}   the job hash existed; nothing written
 --   {'error', job_id, message, '', '', '', '', '', ''}  this request failed (damaged data);
@@ -87,15 +91,32 @@ local function decide(i, pos, last)
   local job_key = KEYS[FIXED_KEYS + i]
 
   local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
-  local admit, note, parent = (info == nil), '', nil
 
+  -- A replayed call (redis-py resends a command whose reply was lost): this very job was
+  -- admitted by the first run. Answer that, and change nothing.
+  if holder == job_id or follow == job_id or (redis.call('EXISTS', job_key) == 1 and
+      string.sub(redis.call('HGET', K.last, field) or '', 1, #job_id + 1) == job_id .. '|') then
+    count('replayed')
+    local mine = (holder == job_id and info) or (follow == job_id and dk_pending(K, follow, now)) or nil
+    if mine then
+      return { 'admitted', job_id, mine[1], mine[2], mine[3], mine[4], '', 'replayed', '' }
+    end
+    return { 'admitted', job_id, '', '', '', '', '', 'replayed', '' }
+  end
+  -- Before anything is withdrawn: an existing hash is never written over.
+  if redis.call('EXISTS', job_key) == 1 then
+    count('collision')
+    return { 'collision', job_id, '', '', '', '', '', '', '' }
+  end
+
+  local admit, note, parent = (info == nil), '', nil
   if info and policy == 'replace' then
     local outcome = dk_withdraw(K, holder, info, now, due_margin)
     if outcome == 'cancelled' then
       dk_remember(K, field, holder, nil, now_text)
       -- A waiting follow-up belongs to the holder being replaced: it goes too.
       if follow then
-        dk_withdraw(K, follow, dk_inspect(K, follow, now), now, due_margin)
+        dk_withdraw(K, follow, dk_pending(K, follow, now), now, due_margin)
         redis.call('HDEL', K.followups, field)
         count('cancelled')
       end
@@ -106,9 +127,13 @@ local function decide(i, pos, last)
     end
   elseif info and policy == 'follow_up' then
     if follow then
-      holder, info, note = follow, dk_inspect(K, follow, now), 'coalesced'
+      holder, info, note = follow, dk_pending(K, follow, now), 'coalesced'
     elseif info[1] ~= 'started' then
       note = 'not_running'
+    elseif (tonumber(redis.call('HGET', K.job_prefix .. holder, 'repeats_left')) or 0) > 0 then
+      -- RQ re-queues a repeating job and enqueues its dependents in one transaction:
+      -- a follow-up would run beside the holder's next repeat.
+      note = 'repeating'
     else
       admit, note, parent = true, 'follow_up:' .. holder, holder
     end
@@ -118,9 +143,6 @@ local function decide(i, pos, last)
     count('conflict')
     local waiting = (note ~= 'coalesced' and follow) or ''
     return { 'conflict', holder, info[1], info[2], info[3], info[4], '', note, waiting }
-  elseif redis.call('EXISTS', job_key) == 1 then
-    count('collision')
-    return { 'collision', job_id, '', '', '', '', '', '', '' }
   else
     local status, enqueued_at = '', ''
     for j = first, last, 2 do
@@ -155,9 +177,6 @@ local function decide(i, pos, last)
         redis.call('RPUSH', K.queue, job_id)
       end
       if holder and reason == 'dead' then
-        -- The holder's worker died mid-job. RQ's own cleanup would retry it if it has
-        -- retries left, and that would put a second job for this key in the queue.
-        redis.call('HSET', K.job_prefix .. holder, 'retries_left', '0')
         count('dead')
       end
       if holder and reason then

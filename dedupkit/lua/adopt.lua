@@ -28,7 +28,7 @@ for i = 3, #ARGV - 1, 2 do
     replies[#replies + 1] = 'already'
   elseif info then
     replies[#replies + 1] = 'held:' .. holder
-  elseif not dk_inspect(K, job_id, now) then
+  elseif not dk_pending(K, job_id, now) then
     replies[#replies + 1] = 'not_pending'
   else
     redis.call('HSET', K.slots, field, job_id)

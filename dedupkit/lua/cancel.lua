@@ -49,7 +49,7 @@ if not info then
 end
 
 if follow then
-  dk_withdraw(K, follow, dk_inspect(K, follow, now), now, due_margin)
+  dk_withdraw(K, follow, dk_pending(K, follow, now), now, due_margin)
   redis.call('HDEL', K.followups, field)
   redis.call('HINCRBY', stats_key, 'cancelled', 1)
   return { 'cancelled', follow, 'deferred' }
