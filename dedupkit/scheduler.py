@@ -40,7 +40,7 @@ import redis
 
 from . import scripts
 from .deduplicator import Deduplicator
-from .errors import DedupkitError, InvalidKeyError, NaiveDatetimeError, RedisUnavailableError, ScriptError
+from .errors import DedupkitError, EvictionPolicyError, InvalidKeyError, NaiveDatetimeError, RedisUnavailableError, ScriptError
 from .keys import Key, normalize_key, scheduler_lease_key
 from .models import Admission, EnqueueRequest
 
@@ -92,6 +92,14 @@ def _valid_key(key: Key) -> bool:
     except InvalidKeyError:
         return False
     return True
+
+
+def _abort_reason(exc: Exception) -> str:
+    if isinstance(exc, ScriptError):
+        return "script failed"
+    if isinstance(exc, EvictionPolicyError):
+        return "eviction policy"
+    return "redis error"
 
 
 def _fmt(when: datetime) -> str:
@@ -183,7 +191,7 @@ class Scheduler:
         except (DedupkitError, redis.exceptions.RedisError) as exc:
             # A script failing as a whole (not one request: those come back as answers) or
             # a server that may evict keys: the next tick tries again, it does not split the batch.
-            result.aborted = "script failed" if isinstance(exc, ScriptError) else "redis error"
+            result.aborted = _abort_reason(exc)
             self.log.error("Tick abandoned, retrying in %.0f s: %s", self.interval, exc)
         except Exception as exc:  # the application's source failed; the next tick retries
             result.aborted = "source failed"
