@@ -40,7 +40,14 @@ import redis
 
 from . import scripts
 from .deduplicator import Deduplicator
-from .errors import DedupkitError, EvictionPolicyError, InvalidKeyError, NaiveDatetimeError, RedisUnavailableError, ScriptError
+from .errors import (
+    DedupkitError,
+    EvictionPolicyError,
+    InvalidKeyError,
+    NaiveDatetimeError,
+    RedisUnavailableError,
+    ScriptError,
+)
 from .keys import Key, normalize_key, scheduler_lease_key
 from .models import Admission, EnqueueRequest
 
