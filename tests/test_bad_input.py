@@ -126,6 +126,19 @@ def test_naive_times_refused_aware_times_kept(fake_redis: redis.Redis) -> None:
     assert abs((b.status.scheduled_for - aware).total_seconds()) < 1
 
 
+def test_naive_times_refused_in_enqueue_many(fake_redis: redis.Redis) -> None:
+    from dedupkit import EnqueueRequest
+
+    dedup = Deduplicator(Queue("test", connection=fake_redis))
+    naive = EnqueueRequest("naive", TASK, at=datetime.now() + timedelta(hours=1))
+    with pytest.raises(NaiveDatetimeError):
+        dedup.enqueue_many([EnqueueRequest("ok", TASK), naive])
+    assert fake_redis.dbsize() == 0  # a bad request raises before anything is written
+    ok, refused = dedup.enqueue_many([EnqueueRequest("ok", TASK), naive], raise_errors=False)
+    assert ok.admitted and isinstance(refused.error, NaiveDatetimeError) and not dedup.has_pending("naive")
+    assert isinstance(refused.error, InvalidRequestError) and refused.error.value == naive.at
+
+
 @pytest.mark.parametrize(("kwargs", "ok"), [({"job_timeout": -1}, True), ({"job_timeout": 0}, False),
                                             ({"job_timeout": "10m"}, True), ({"job_timeout": "soon"}, False),
                                             ({"job_id": "mine"}, False), ({"result_ttl": 0}, True)])
