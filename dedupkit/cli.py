@@ -36,6 +36,7 @@ from .deduplicator import Deduplicator
 from .errors import DedupkitError
 from .models import SlotStatus
 from .scheduler import Scheduler
+from .scripts import redis_errors
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -146,9 +147,10 @@ def _describe(status: SlotStatus) -> str:
 
 def _queue_sizes(dedup: Deduplicator) -> dict[str, int]:
     conn, k = dedup.connection, dedup.keys
-    return {"slots": int(conn.hlen(k.slots)), "follow_ups": int(conn.hlen(k.followups)),
-            "queued": int(conn.llen(k.queue)), "scheduled": int(conn.zcard(k.scheduled)),
-            "started": int(conn.zcard(k.started)), "deferred": int(conn.zcard(k.deferred))}
+    with redis_errors():
+        return {"slots": int(conn.hlen(k.slots)), "follow_ups": int(conn.hlen(k.followups)),
+                "queued": int(conn.llen(k.queue)), "scheduled": int(conn.zcard(k.scheduled)),
+                "started": int(conn.zcard(k.started)), "deferred": int(conn.zcard(k.deferred))}
 
 
 def _run_status(args: argparse.Namespace) -> int:
