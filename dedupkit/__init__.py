@@ -9,14 +9,17 @@
 from .deduplicator import Deduplicator
 from .errors import (
     DedupkitError,
+    EvictionPolicyError,
     InvalidKeyError,
     InvalidRequestError,
     JobIdCollisionError,
+    NaiveDatetimeError,
+    RedisRefusedError,
     RedisUnavailableError,
     ScriptError,
 )
-from .keys import Key, decode_key, encode_key, generate_job_id
-from .models import Admission, EnqueueRequest, JobState, LastRun, SlotStatus
+from .keys import Key, decode_key, encode_key, generate_job_id, parse_job_id
+from .models import Admission, EnqueueRequest, JobState, LastRun, RequeueResult, SlotStatus
 from .scheduler import ScheduleEntry, Scheduler, TickResult
 
 __all__ = [
@@ -24,13 +27,17 @@ __all__ = [
     "DedupkitError",
     "Deduplicator",
     "EnqueueRequest",
+    "EvictionPolicyError",
     "InvalidKeyError",
     "InvalidRequestError",
     "JobIdCollisionError",
     "JobState",
     "Key",
     "LastRun",
+    "NaiveDatetimeError",
+    "RedisRefusedError",
     "RedisUnavailableError",
+    "RequeueResult",
     "ScheduleEntry",
     "Scheduler",
     "ScriptError",
@@ -39,5 +46,6 @@ __all__ = [
     "decode_key",
     "encode_key",
     "generate_job_id",
+    "parse_job_id",
 ]
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@
     dedupkit stats QUEUE             the decision counters
     dedupkit sweep QUEUE             delete slots of ended jobs, in small batches
     dedupkit adopt QUEUE --id-pattern 'email_process_{key}_*'   one-off migration
+    dedupkit requeue QUEUE [JOB_ID ...] [--all]   failed jobs back through admission
 
 Every command but ``scheduler`` takes ``--url`` (default ``$REDIS_URL``, then
 redis://127.0.0.1:6379/0), ``--namespace`` and ``--json``.
@@ -35,6 +36,7 @@ from .deduplicator import Deduplicator
 from .errors import DedupkitError
 from .models import SlotStatus
 from .scheduler import Scheduler
+from .scripts import redis_errors
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -114,7 +116,8 @@ def _dedup(args: argparse.Namespace) -> Deduplicator:
     from rq import Queue
 
     connection = Redis.from_url(args.url, socket_timeout=10, socket_connect_timeout=5)
-    return Deduplicator(Queue(args.queue, connection=connection), namespace=args.namespace)
+    return Deduplicator(Queue(args.queue, connection=connection), namespace=args.namespace,
+                        job_id_prefix=args.prefix, allow_eviction=getattr(args, "allow_eviction", False))
 
 
 def _emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
@@ -144,9 +147,10 @@ def _describe(status: SlotStatus) -> str:
 
 def _queue_sizes(dedup: Deduplicator) -> dict[str, int]:
     conn, k = dedup.connection, dedup.keys
-    return {"slots": int(conn.hlen(k.slots)), "follow_ups": int(conn.hlen(k.followups)),
-            "queued": int(conn.llen(k.queue)), "scheduled": int(conn.zcard(k.scheduled)),
-            "started": int(conn.zcard(k.started)), "deferred": int(conn.zcard(k.deferred))}
+    with redis_errors():
+        return {"slots": int(conn.hlen(k.slots)), "follow_ups": int(conn.hlen(k.followups)),
+                "queued": int(conn.llen(k.queue)), "scheduled": int(conn.zcard(k.scheduled)),
+                "started": int(conn.zcard(k.started)), "deferred": int(conn.zcard(k.deferred))}
 
 
 def _run_status(args: argparse.Namespace) -> int:
@@ -208,12 +212,26 @@ def _run_adopt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_requeue(args: argparse.Namespace) -> int:
+    if bool(args.job_ids) == bool(args.all):
+        raise CliError("name the failed jobs to requeue, or pass --all (not both)")
+    results = _dedup(args).requeue(args.job_ids or None)
+    lines = [f"{r.job_id}: {r.outcome}" + (f" as {r.new_job_id}" if r.new_job_id else "")
+             + (f" (pending: {r.holder_job_id}; left in the failed registry)" if r.holder_job_id else "")
+             + (f" ({r.reason})" if r.reason else "") for r in results]
+    counts = {o: sum(r.outcome == o for r in results) for o in ("admitted", "conflict", "skipped")}
+    lines.append(", ".join(f"{n} {o}" for o, n in counts.items()))
+    _emit(args, {"results": [r.to_dict() for r in results], "counts": counts}, lines)
+    return 0 if counts["admitted"] == len(results) else 1
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("queue", metavar="QUEUE", help="RQ queue name")
     p.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                    help="Redis URL (default $REDIS_URL, then redis://127.0.0.1:6379/0)")
     p.add_argument("--namespace", default="dedupkit", help="dedupkit key namespace (default dedupkit)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--prefix", default="job", help="job id prefix of the Deduplicator (default job)")
 
 
 def _add_operator_commands(sub: Any) -> None:
@@ -248,6 +266,15 @@ def _add_operator_commands(sub: Any) -> None:
     _common(p)
     p.add_argument("--id-pattern", required=True, help="old job ids, e.g. 'email_process_{key}_*'")
     p.set_defaults(handler=_run_adopt)
+
+    p = sub.add_parser("requeue", help="failed jobs back through admission, never beside a pending job (exit 1 "
+                       "unless every one was admitted)")
+    _common(p)
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="failed jobs to requeue")
+    p.add_argument("--all", action="store_true", help="every job in the queue's FailedJobRegistry")
+    p.add_argument("--allow-eviction", action="store_true",
+                   help="admit even if Redis's maxmemory-policy may evict keys")
+    p.set_defaults(handler=_run_requeue)
 
 
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_scheduler, _add_operator_commands)

@@ -12,15 +12,23 @@ from typing import Any, cast
 
 from rq import Queue
 from rq.command import send_stop_job_command
-from rq.exceptions import TimeoutFormatError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError, TimeoutFormatError
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
-from . import scripts
-from .errors import DedupkitError, InvalidRequestError, JobIdCollisionError, ScriptError
+from . import inline, requeue, scripts, server
+from .errors import (
+    DedupkitError,
+    EvictionPolicyError,
+    InvalidRequestError,
+    JobIdCollisionError,
+    NaiveDatetimeError,
+    RedisRefusedError,
+    ScriptError,
+)
 from .keys import Key, KeySpace, decode_key, encode_key, generate_job_id, normalize_key, validate_prefix
-from .models import Admission, EnqueueRequest, JobState, LastRun, SlotStatus
+from .models import Admission, EnqueueRequest, JobState, LastRun, RequeueResult, SlotStatus
 
 logger = logging.getLogger("dedupkit")
 
@@ -65,7 +73,12 @@ def _run_at(at: datetime | timedelta) -> datetime:
             raise InvalidRequestError(f"delay must not be negative, got {at}")
         return datetime.now(timezone.utc) + at
     if isinstance(at, datetime):
-        return at  # naive = local time, as RQ reads it
+        # RQ reads a naive run time with the DST offset whatever the date
+        # (ScheduledJobRegistry.schedule), Python with the offset of that date: an hour
+        # apart half the year. Refuse rather than pick one silently.
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise NaiveDatetimeError(at)
+        return at
     raise InvalidRequestError(f"a run time must be a datetime or a timedelta, not {type(at).__name__}")
 
 
@@ -82,10 +95,16 @@ class Deduplicator:
     ``gc_budget``/``gc_min_age``: each admission checks up to ``gc_budget`` slots per
     request (at most 100 a call) that were not looked at for ``gc_min_age`` seconds, and
     deletes those whose job has ended.
+    ``allow_eviction``: admit even when the server's ``maxmemory-policy`` may evict keys
+    (read once, at the first admission); by default that raises EvictionPolicyError,
+    because an evicted slot or job hash lets a second job in beside a pending one.
+
+    A ``Queue(is_async=False)`` runs each admitted job inline, as RQ does; see ``enqueue``.
     """
 
     def __init__(self, queue: Queue, *, namespace: str = "dedupkit", job_id_prefix: str = "job",
-                 due_margin: float = 60.0, gc_budget: int = 2, gc_min_age: float = 60.0) -> None:
+                 due_margin: float = 60.0, gc_budget: int = 2, gc_min_age: float = 60.0,
+                 allow_eviction: bool = False) -> None:
         if not isinstance(queue, Queue):
             raise InvalidRequestError(f"queue must be an rq.Queue, not {type(queue).__name__}")
         self.queue = queue
@@ -96,6 +115,8 @@ class Deduplicator:
         self.gc_budget = int(gc_budget)
         self.gc_min_age = float(gc_min_age)
         self.keys = KeySpace.for_queue(queue, namespace)
+        self.allow_eviction = bool(allow_eviction)
+        self._eviction_checked = False
         self._scripts = scripts.Scripts(self.connection)
 
     def __repr__(self) -> str:
@@ -115,8 +136,12 @@ class Deduplicator:
         status 'canceled', and admit this one; a running holder is kept) or "follow_up"
         (when the holder runs, admit this job to run once after it ends, success or
         failure; one follow-up per key, later requests are coalesced into it).
+        With ``Queue(is_async=False)`` the admitted job runs inline before this returns,
+        as RQ's ``enqueue`` does; ``Admission.job`` holds its result and ``status`` the
+        slot after it (free, ``last_run`` the job's final status).
         Raises InvalidKeyError, InvalidRequestError, JobIdCollisionError, ScriptError,
-        RedisUnavailableError.
+        EvictionPolicyError, RedisUnavailableError (RedisRefusedError when the server
+        refuses: READONLY, OOM, ...).
         """
         return self._one(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict))
 
@@ -124,8 +149,10 @@ class Deduplicator:
                    **kwargs: Any) -> Admission:
         """Schedule ``func`` for ``key`` at ``when`` (run by ``rq worker --with-scheduler``).
 
-        The job holds the slot from now on. A naive ``when`` is local time, as in RQ; a
-        past ``when`` runs at the scheduler's next pass. ``on_conflict``: "reject" or
+        The job holds the slot from now on. ``when`` must carry a time zone: a naive
+        datetime raises NaiveDatetimeError (RQ reads naive times with the DST offset on
+        every date, Python with that date's offset; they differ by an hour in winter).
+        A past ``when`` runs at the scheduler's next pass. ``on_conflict``: "reject" or
         "replace".
         """
         if not isinstance(when, datetime):
@@ -224,6 +251,7 @@ class Deduplicator:
         return _Prepared(key, field, job, mode, at_text, int(job.ttl or 0), request.on_conflict, pairs)
 
     def _admit(self, batch: Sequence[_Prepared]) -> list[Admission]:
+        self._check_eviction()
         k = self.keys
         keys = [k.slots, k.gc, k.stats, k.followups, k.queue, k.queues, k.scheduled, k.started, k.deferred,
                 k.canceled, k.last]
@@ -233,7 +261,26 @@ class Deduplicator:
             keys.append(k.job_key(p.job.id))
             args += (p.field, p.job.id, p.mode, p.run_at, p.ttl, p.policy, len(p.pairs) // 2, *p.pairs)
         replies = self._scripts.call(scripts.ADMIT, keys, args)
-        return [self._admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
+        admissions = [self._admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
+        _raise_refusal(admissions)
+        if not self.queue.is_async:
+            admissions = [inline.run(self, admission) for admission in admissions]
+        return admissions
+
+    def _check_eviction(self) -> None:
+        """Refuse to admit on a server that may evict keys, unless allowed; asked once."""
+        if self._eviction_checked:
+            return
+        policy = server.eviction_policy(self.connection)
+        self._eviction_checked = True
+        if policy is None:
+            logger.warning("Could not read Redis's maxmemory-policy (no INFO here); admitting anyway. "
+                           "An evicting Redis can drop a slot under a pending job: use noeviction")
+        elif policy != server.SAFE_POLICY:
+            if not self.allow_eviction:
+                self._eviction_checked = False  # ask again: the operator may fix the server
+                raise EvictionPolicyError(policy)
+            logger.warning("Redis maxmemory-policy is %s; admitting because allow_eviction=True", policy)
 
     def _admission(self, p: _Prepared, reply: list[Any]) -> Admission:
         decision = reply[0].decode()
@@ -425,6 +472,8 @@ class Deduplicator:
         holder runs and a follow-up waits, the follow-up is cancelled. A running
         job is left alone (False) unless ``stop_running``: then RQ's own stop command is
         sent, True is returned, and the slot frees when the worker has stopped the job.
+        If the job ends on its own before the stop command reaches it (its hash gone, or
+        no worker named on it), False: nothing was stopped and nothing is pending.
         False too when nothing is pending, when a worker has just dequeued the job, or
         when a scheduled job is due within ``due_margin`` seconds (RQ's scheduler may be
         promoting it; cancelling then could not stop it from running).
@@ -442,12 +491,50 @@ class Deduplicator:
             logger.info("Key %r: cancelled job %s", norm, job_id)
             return True
         if outcome == "running" and stop_running:
-            with scripts.redis_errors():
-                send_stop_job_command(self.connection, job_id)
-            logger.info("Key %r: sent RQ's stop command to running job %s", norm, job_id)
-            return True
+            return self._stop(norm, job_id)
         logger.info("Key %r: not cancelled (%s%s)", norm, outcome, f", job {job_id}" if job_id else "")
         return False
+
+    def _stop(self, norm: str, job_id: str) -> bool:
+        try:
+            with scripts.redis_errors():
+                send_stop_job_command(self.connection, job_id, serializer=self.queue.serializer)
+        except (NoSuchJobError, InvalidJobOperation) as exc:
+            # The job ended between the script's answer and RQ's stop command.
+            logger.info("Key %r: job %s ended before the stop command reached it (%s); nothing stopped",
+                        norm, job_id, exc)
+            return False
+        logger.info("Key %r: sent RQ's stop command to running job %s", norm, job_id)
+        return True
+
+    # -- requeueing failed jobs ----------------------------------------------------
+
+    def requeue(self, job_ids: Iterable[str] | None = None) -> list[RequeueResult]:
+        """Put failed jobs back through admission: never beside a pending job of their key.
+
+        ``job_ids`` None takes every job in RQ's FailedJobRegistry of this queue. Each is
+        re-admitted as a new job (same function, arguments and options) via the admit
+        script: ``admitted`` (removed from the failed registry), ``conflict`` (its key has a
+        pending job; left in the failed registry) or ``skipped`` (not a dedupkit id of this
+        prefix, not failed, or gone; ``reason`` says which). Use this instead of RQ's
+        ``requeue``, which pushes the old job back without looking at its key.
+        """
+        return requeue.requeue_failed(self, job_ids)
+
+
+def _raise_refusal(admissions: Sequence[Admission]) -> None:
+    """A server refusal met inside the script (a write on a replica, OOM) comes back as a
+    request's error reply; it is about the server, not the request, so it raises."""
+    for admission in admissions:
+        error = admission.error
+        if isinstance(error, ScriptError):
+            code = scripts.refusal_code(str(error.error))
+            if code is not None:
+                admitted = [a.job_id for a in admissions if a.admitted]
+                if admitted:
+                    logger.warning("Redis refused part of a batch (%s); admitted before the refusal: %s",
+                                   code, ", ".join(str(i) for i in admitted))
+                raise RedisRefusedError(error.error, code, str(error.error)) from error
 
 
 def _safe_key(key: object) -> str:

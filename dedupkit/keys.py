@@ -108,6 +108,25 @@ def generate_job_id(key: Key, timestamp: float | datetime | None = None, *, pref
     return f"{prefix}_{encode_key(key)}_{micros}"
 
 
+def parse_job_id(job_id: str, *, prefix: str = "job") -> str | None:
+    """The dedup key of a job id made by generate_job_id with ``prefix``, else None.
+
+    ``<prefix>_<encoded key>_<microseconds>``: the encoded key never holds ``_`` and the
+    time is digits, so the two last ``_`` split the id unambiguously even when the prefix
+    has ``_`` of its own.
+    """
+    head, sep, micros = job_id.rpartition("_")
+    if not sep or not micros.isdigit():
+        return None
+    job_prefix, sep, encoded = head.rpartition("_")
+    if not sep or job_prefix != prefix:
+        return None
+    try:
+        return decode_key(encoded)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 @dataclass(frozen=True)
 class KeySpace:
     """The Redis keys of one queue, taken from RQ's own objects at run time."""

@@ -191,3 +191,25 @@ class EnqueueRequest:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     at: datetime | timedelta | None = None
     on_conflict: str = "reject"
+
+
+@dataclass(frozen=True)
+class RequeueResult:
+    """What ``Deduplicator.requeue`` did with one failed job.
+
+    ``outcome``: 'admitted' (a new job ``new_job_id`` holds the key; the failed job left
+    the failed registry), 'conflict' (the key has a pending job ``holder_job_id``; the
+    failed job stays in the failed registry) or 'skipped' (``reason``: 'not_dedupkit',
+    'not_failed', 'gone' or 'error: ...'; nothing changed).
+    """
+
+    job_id: str
+    outcome: str
+    key: str | None = None
+    new_job_id: str | None = None
+    holder_job_id: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "outcome": self.outcome, "key": self.key, "new_job_id": self.new_job_id,
+                "holder_job_id": self.holder_job_id, "reason": self.reason}

@@ -40,9 +40,16 @@ import redis
 
 from . import scripts
 from .deduplicator import Deduplicator
-from .errors import InvalidKeyError, RedisUnavailableError, ScriptError
+from .errors import (
+    DedupkitError,
+    EvictionPolicyError,
+    InvalidKeyError,
+    NaiveDatetimeError,
+    RedisUnavailableError,
+    ScriptError,
+)
 from .keys import Key, normalize_key, scheduler_lease_key
-from .models import Admission, EnqueueRequest, SlotStatus
+from .models import Admission, EnqueueRequest
 
 logger = logging.getLogger("dedupkit.scheduler")
 
@@ -50,8 +57,9 @@ logger = logging.getLogger("dedupkit.scheduler")
 class ScheduleEntry:
     """One key's next run, as the application's source yields it.
 
-    ``next_run`` None or in the past means overdue: enqueue now. A naive datetime is
-    local time (as in RQ). ``kwargs`` are read as ``rq.Queue.enqueue`` reads them
+    ``next_run`` None or in the past means overdue: enqueue now. It must carry a time
+    zone: a naive datetime is a bad entry (NaiveDatetimeError, logged and counted), since
+    RQ and Python read naive times an hour apart in winter. ``kwargs`` are read as ``rq.Queue.enqueue`` reads them
     (job_timeout, result_ttl, meta, ... are RQ's; the rest go to ``func``).
     """
 
@@ -84,10 +92,6 @@ class TickResult:
 EntrySource = Callable[[], Iterable[ScheduleEntry]]
 
 
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.astimezone()
-
-
 def _valid_key(key: Key) -> bool:
     """False for a key enqueue_many will refuse (it reports that as the request's error)."""
     try:
@@ -97,8 +101,16 @@ def _valid_key(key: Key) -> bool:
     return True
 
 
+def _abort_reason(exc: Exception) -> str:
+    if isinstance(exc, ScriptError):
+        return "script failed"
+    if isinstance(exc, EvictionPolicyError):
+        return "eviction policy"
+    return "redis error"
+
+
 def _fmt(when: datetime) -> str:
-    return _aware(when).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class Scheduler:
@@ -171,16 +183,23 @@ class Scheduler:
     def tick(self) -> TickResult:
         """Read the source once and admit every entry due within the horizon.
 
-        Never raises for one bad entry, a script error or Redis going away: that is
-        logged and counted (``errors``) or ends the tick early (``aborted``).
+        Never raises for one bad entry, a script error, a server refusal or Redis going
+        away: a request's own error is logged and counted (``errors``); anything that
+        fails a whole script call ends the tick early (``aborted``), never turning into
+        one call per key.
         """
         started = time.monotonic()
         result = TickResult()
         try:
             self._tick(result)
         except RedisUnavailableError as exc:
-            result.aborted = "redis unavailable"
+            result.aborted = "redis refused" if exc.code else "redis unavailable"
             self.log.error("Redis is unavailable; tick abandoned, retrying in %.0f s: %s", self.interval, exc)
+        except (DedupkitError, redis.exceptions.RedisError) as exc:
+            # A script failing as a whole (not one request: those come back as answers) or
+            # a server that may evict keys: the next tick tries again, it does not split the batch.
+            result.aborted = _abort_reason(exc)
+            self.log.error("Tick abandoned, retrying in %.0f s: %s", self.interval, exc)
         except Exception as exc:  # the application's source failed; the next tick retries
             result.aborted = "source failed"
             self.log.exception("Reading the schedule entries failed; tick abandoned: %s", exc)
@@ -232,9 +251,11 @@ class Scheduler:
         when = entry.next_run
         if when is not None and not isinstance(when, datetime):
             raise TypeError(f"next_run must be a datetime or None, not {type(when).__name__}")
-        if when is not None and _aware(when) > limit:
+        if when is not None and when.utcoffset() is None:
+            raise NaiveDatetimeError(when, "next_run")
+        if when is not None and when > limit:
             return None, None
-        at = when if when is not None and _aware(when) > now else None
+        at = when if when is not None and when > now else None
         return EnqueueRequest(entry.key, entry.func, tuple(entry.args), dict(entry.kwargs), at=at), at
 
     def _skip_pending(self, batch: list[tuple[EnqueueRequest, datetime | None]],
@@ -267,21 +288,12 @@ class Scheduler:
             if not batch:
                 return
         requests = [r for r, _ in batch]
-        try:
-            admissions = self.dedup.enqueue_many(requests, batch_size=len(requests), raise_errors=False)
-        except ScriptError as exc:
-            # One script call decides the whole batch; retry key by key so one bad
-            # request costs only itself.
-            self.log.error("A batch of %d failed (%s); retrying it one key at a time", len(requests), exc)
-            admissions = [self._admit_one(r) for r in requests]
+        # The script isolates a request that meets damaged data (its Admission carries the
+        # error); anything that fails the whole call (a refusal, an outage, a script
+        # error) would fail each key alone too, so it ends the tick instead.
+        admissions = self.dedup.enqueue_many(requests, batch_size=len(requests), raise_errors=False)
         for (request, at), admission in zip(batch, admissions, strict=True):
             self._record(request, at, admission, result)
-
-    def _admit_one(self, request: EnqueueRequest) -> Admission:
-        try:
-            return self.dedup.enqueue_many([request], raise_errors=False)[0]
-        except ScriptError as exc:
-            return Admission(False, None, SlotStatus(str(request.key)), error=exc)
 
     def _record(self, request: EnqueueRequest, at: datetime | None, admission: Admission,
                 result: TickResult) -> None:
@@ -307,19 +319,22 @@ class Scheduler:
     def acquire_lease(self) -> bool:
         """Take or renew the leader lease; True while this replica leads.
 
-        Raises RedisUnavailableError when Redis cannot be reached.
+        Raises RedisUnavailableError when Redis cannot be reached or refuses (a replica
+        after failover answers READONLY), redis-py's RedisError for anything else; either
+        way this replica no longer counts itself as leader.
         """
         ttl_ms = int(self.lease_ttl * 1000)
         conn = self.dedup.connection
         try:
-            if self._leading and self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]) == 1:
-                return True
-            leading = bool(conn.set(self.lease_key, self.token, nx=True, px=ttl_ms))
-            if not leading:  # our own lease from before, e.g. after a Redis hiccup
-                leading = self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]) == 1
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            with scripts.redis_errors():
+                if self._leading and self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]) == 1:
+                    return True
+                leading = bool(conn.set(self.lease_key, self.token, nx=True, px=ttl_ms))
+                if not leading:  # our own lease from before, e.g. after a Redis hiccup
+                    leading = self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]) == 1
+        except (RedisUnavailableError, redis.exceptions.RedisError):
             self._leading = False
-            raise RedisUnavailableError(exc) from exc
+            raise
         if leading != self._leading:
             self.log.info("Scheduler %s %s the lease %s", self.token,
                           "took" if leading else "lost", self.lease_key)
@@ -349,12 +364,15 @@ class Scheduler:
 
         A stop request ends the run after the current batch. Returns the number of ticks
         done. Signal handlers are installed only from the main thread and restored on
-        return. Never raises for Redis outages: they are logged and retried.
+        return. Never raises for Redis outages, refusals (READONLY after a failover, OOM,
+        ...) or other Redis errors, in the lease or in a tick: they are logged, and the
+        lease is tried again after a pause that doubles up to ``interval``.
         """
         restore = self._install_signal_handlers() if handle_signals else {}
         ticks = 0
         next_tick = time.monotonic()
         redis_down = False
+        backoff = 0.0
         self.log.info("Scheduler %s started: interval %.0f s, batch size %d, horizon %.0f s%s", self.token,
                       self.interval, self.batch_size, self.horizon,
                       f", lease {self.lease_key} ({self.lease_ttl:.0f} s)" if self.leader_lease else "")
@@ -366,12 +384,15 @@ class Scheduler:
                         leading = self.acquire_lease()
                         if redis_down:
                             self.log.info("Redis is reachable again")
-                        redis_down = False
-                    except RedisUnavailableError as exc:
-                        leading = False
+                        redis_down, backoff = False, 0.0
+                    except (RedisUnavailableError, redis.exceptions.RedisError) as exc:
                         if not redis_down:
-                            self.log.error("Redis is unavailable; retrying: %s", exc)
+                            self.log.error("Redis is unavailable or refusing; cannot take the scheduler lease, "
+                                           "retrying: %s", exc)
                         redis_down = True
+                        backoff = min(self.interval, max(backoff * 2, self.lease_ttl / 3))
+                        self._stop.wait(backoff)
+                        continue
                 now = time.monotonic()
                 if leading and now >= next_tick:
                     self.tick()

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from .errors import RedisUnavailableError, ScriptError
+from .errors import RedisRefusedError, RedisUnavailableError, ScriptError
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,50 @@ class Scripts:
             try:
                 return self._scripts[spec.name](keys=list(keys), args=list(args))
             except redis.exceptions.ResponseError as exc:
+                if refusal(exc) is not None:
+                    raise  # redis_errors turns it into RedisRefusedError
                 raise ScriptError(spec.name, exc) from exc
+
+
+# Error codes with which a server refuses a command because of its own state (role,
+# memory, persistence, a busy script, loading, replication, cluster), whatever the
+# request: retrying later or elsewhere may succeed, the request itself is not at fault.
+REFUSAL_CODES = frozenset({"READONLY", "OOM", "MISCONF", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS",
+                           "CLUSTERDOWN", "TRYAGAIN"})
+
+
+def refusal_code(message: str) -> str | None:
+    """The refusal code a server error message starts with, or None.
+
+    Errors raised inside a script keep the code of the command that failed
+    ("READONLY You can't write ... script: ..."), so this reads script errors too.
+    """
+    code = message.split(" ", 1)[0]
+    return code if code in REFUSAL_CODES else None
+
+
+def refusal(exc: redis.exceptions.RedisError) -> tuple[str, str] | None:
+    """(code, the server's words) when ``exc`` is a server refusal, else None."""
+    # redis-py strips a code it knows (READONLY, OOM, LOADING, ...) from the message and
+    # keeps it as status_code; codes it does not know (MISCONF, BUSY, ...) stay in the text.
+    text = str(exc)
+    known = getattr(exc, "status_code", None)
+    if isinstance(known, str) and known in REFUSAL_CODES:
+        return known, f"{known} {text}"
+    code = refusal_code(text)
+    return (code, text) if code else None
 
 
 @contextmanager
 def redis_errors() -> Iterator[None]:
-    """Turn redis-py's connection errors and timeouts into RedisUnavailableError."""
+    """Turn redis-py's connection errors and timeouts into RedisUnavailableError, and a
+    server's refusals (READONLY, OOM, ...) into RedisRefusedError, its subclass."""
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise RedisUnavailableError(exc) from exc
+    except redis.exceptions.RedisError as exc:
+        refused = refusal(exc)
+        if refused is not None:
+            raise RedisRefusedError(exc, *refused) from exc
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+            raise RedisUnavailableError(exc) from exc
+        raise

@@ -11,7 +11,7 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from dedupkit import Deduplicator, InvalidKeyError, InvalidRequestError, encode_key
+from dedupkit import Deduplicator, InvalidKeyError, InvalidRequestError, NaiveDatetimeError, encode_key
 from dedupkit.keys import normalize_key
 
 from . import rqstate
@@ -114,14 +114,29 @@ def test_huge_arguments(conn: redis.Redis) -> None:
     _db_is_consistent(conn, dedup)
 
 
-def test_naive_and_aware_times(fake_redis: redis.Redis) -> None:
+def test_naive_times_refused_aware_times_kept(fake_redis: redis.Redis) -> None:
     dedup = Deduplicator(Queue("test", connection=fake_redis))
-    naive_local = datetime.now() + timedelta(hours=1)  # naive = local time, as RQ reads it
+    naive_local = datetime.now() + timedelta(hours=1)  # RQ and Python read this an hour apart in winter
     aware = datetime.now(timezone.utc) + timedelta(hours=1)
-    a = dedup.enqueue_at(naive_local, "naive", TASK)
+    with pytest.raises(NaiveDatetimeError, match="replace\\(tzinfo="):
+        dedup.enqueue_at(naive_local, "naive", TASK)
+    assert fake_redis.dbsize() == 0
     b = dedup.enqueue_at(aware, "aware", TASK)
-    assert a.status.scheduled_for is not None and b.status.scheduled_for is not None
-    assert abs((a.status.scheduled_for - b.status.scheduled_for).total_seconds()) < 2
+    assert b.status.scheduled_for is not None
+    assert abs((b.status.scheduled_for - aware).total_seconds()) < 1
+
+
+def test_naive_times_refused_in_enqueue_many(fake_redis: redis.Redis) -> None:
+    from dedupkit import EnqueueRequest
+
+    dedup = Deduplicator(Queue("test", connection=fake_redis))
+    naive = EnqueueRequest("naive", TASK, at=datetime.now() + timedelta(hours=1))
+    with pytest.raises(NaiveDatetimeError):
+        dedup.enqueue_many([EnqueueRequest("ok", TASK), naive])
+    assert fake_redis.dbsize() == 0  # a bad request raises before anything is written
+    ok, refused = dedup.enqueue_many([EnqueueRequest("ok", TASK), naive], raise_errors=False)
+    assert ok.admitted and isinstance(refused.error, NaiveDatetimeError) and not dedup.has_pending("naive")
+    assert isinstance(refused.error, InvalidRequestError) and refused.error.value == naive.at
 
 
 @pytest.mark.parametrize(("kwargs", "ok"), [({"job_timeout": -1}, True), ({"job_timeout": 0}, False),

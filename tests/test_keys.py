@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dedupkit import InvalidKeyError, InvalidRequestError, decode_key, encode_key, generate_job_id
+from dedupkit import InvalidKeyError, InvalidRequestError, decode_key, encode_key, generate_job_id, parse_job_id
 from dedupkit.keys import normalize_key
 
 RQ_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -77,3 +77,16 @@ def test_bad_prefix_and_timestamp_are_refused() -> None:
         generate_job_id("u", prefix="a b")
     with pytest.raises(InvalidRequestError):
         generate_job_id("u", timestamp="soon")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefix", ["job", "email_process", "a-b_c"])
+@pytest.mark.parametrize("key", ["alice@example.com", "a_b", "1:2", 123, "ünï_côdé", "x" * 512])
+def test_parse_job_id_inverts_generate_job_id(prefix: str, key: object) -> None:
+    job_id = generate_job_id(key, 1_700_000_000.5, prefix=prefix)  # type: ignore[arg-type]
+    assert parse_job_id(job_id, prefix=prefix) == normalize_key(key)
+    assert parse_job_id(job_id, prefix="other") is None
+
+
+@pytest.mark.parametrize("job_id", ["legacy-1", "job__1", "job_a_b", "job_a_", "job_a-zz_1", "_a_1", "job_a_1x"])
+def test_parse_job_id_rejects_foreign_ids(job_id: str) -> None:
+    assert parse_job_id(job_id) is None

@@ -14,6 +14,7 @@ Configuration (``config`` overrides the environment):
   ADMIN_PAGE_SIZE  slots per /admin page (HSCAN COUNT hint), default 50
   METRICS_TOKEN EMAIL_APP_METRICS_TOKEN: a bearer token that may read /metrics (admins
                 signed in may read it too); unset: admins only.
+  ALLOW_EVICTION  EMAIL_APP_ALLOW_EVICTION=1: admit even on a Redis that may evict keys.
 
 Authorization comes from the signed session only: no endpoint reads a user id from the
 request. Every POST needs the session's CSRF token (form field ``csrf_token`` or header
@@ -70,9 +71,17 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DECISIONS = ("admitted", "conflict", "replaced", "follow_up", "recovered", "dead", "cancelled", "swept")
 
 
-def make_deduplicator(connection: redis.Redis, queue_name: str = QUEUE_NAME) -> Deduplicator:
-    """The Deduplicator the app, the scheduler and the tests share: same queue, same prefix."""
-    return Deduplicator(Queue(queue_name, connection=connection), job_id_prefix=JOB_ID_PREFIX)
+def make_deduplicator(connection: redis.Redis, queue_name: str = QUEUE_NAME, *,
+                      allow_eviction: bool | None = None) -> Deduplicator:
+    """The Deduplicator the app, the scheduler and the tests share: same queue, same prefix.
+
+    ``allow_eviction`` defaults to EMAIL_APP_ALLOW_EVICTION=1: admit on a Redis whose
+    maxmemory-policy may evict keys (refused otherwise, see dedupkit's README).
+    """
+    if allow_eviction is None:
+        allow_eviction = os.environ.get("EMAIL_APP_ALLOW_EVICTION") == "1"
+    return Deduplicator(Queue(queue_name, connection=connection), job_id_prefix=JOB_ID_PREFIX,
+                        allow_eviction=allow_eviction)
 
 
 def redis_from_url(url: str) -> redis.Redis:
@@ -97,6 +106,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         ADMIN_PAGE_SIZE=50,
         METRICS_TOKEN=os.environ.get("EMAIL_APP_METRICS_TOKEN") or None,
+        ALLOW_EVICTION=os.environ.get("EMAIL_APP_ALLOW_EVICTION") == "1",
     )
     app.config.update(config or {})
     if not app.config["SECRET_KEY"]:
@@ -108,7 +118,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         db.seed_demo_users(app.config["DATABASE"], app.config["DEMO_PASSWORD"],
                            hash_method=app.config["PASSWORD_HASH_METHOD"])
     connection = app.config["REDIS"] or redis_from_url(app.config["REDIS_URL"])
-    dedup = make_deduplicator(connection, app.config["QUEUE_NAME"])
+    dedup = make_deduplicator(connection, app.config["QUEUE_NAME"], allow_eviction=app.config["ALLOW_EVICTION"])
     app.extensions["dedupkit"] = dedup
 
     _register(app, dedup)

@@ -84,7 +84,12 @@ def utcnow() -> datetime:
 
 
 def _parse(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+    """A stored time; the app writes UTC, so a time stored without an offset is UTC
+    (dedupkit refuses naive run times rather than guess)."""
+    if not text:
+        return None
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
