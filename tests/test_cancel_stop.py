@@ -27,8 +27,12 @@ def ending_first(end: str) -> Any:
         job = Job.fetch(job_id, connection=connection)
         if end == "deleted":
             job.delete()
-        else:
-            connection.hset(job.key, mapping={"status": "finished", "worker_name": ""})
+        else:  # what the worker's success pipeline writes: final status, execution deleted
+            with connection.pipeline() as pipe:
+                pipe.hset(job.key, mapping={"status": "finished", "worker_name": ""})
+                for execution in job.get_executions():
+                    execution.delete(job, pipe)
+                pipe.execute()
         real(connection, job_id, serializer=serializer)
 
     return send

@@ -202,3 +202,19 @@ def _rq_state(conn: redis.Redis, queue: Queue) -> tuple[Any, ...]:
     return (conn.lrange(queue.key, 0, -1), conn.zrange(queue.scheduled_job_registry.key, 0, -1),
             conn.zrange(queue.deferred_job_registry.key, 0, -1), conn.zrange(queue.canceled_job_registry.key, 0, -1),
             sorted(conn.keys("rq:job:*")))
+
+
+def test_a_running_job_deleted_by_rq_holds_the_key_again_from_its_next_heartbeat(dedup: Deduplicator,
+                                                                                 queue: Queue) -> None:
+    """Job.delete drops the hash, the wip entry and the executions zset: until the horse's
+    next heartbeat RQ keeps no trace of it (a documented bypass); from that heartbeat on,
+    RQ's Execution.heartbeat re-adds the execution's score and the key is held again."""
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "d")
+    execution = rqstate.start(conn, queue, adm.job_id, lease=30)
+    Job.fetch(adm.job_id, connection=conn).delete()
+    assert not dedup.has_pending("u")  # the gap the README names
+    with conn.pipeline() as pipe:
+        execution.heartbeat(queue.started_job_registry, 30, pipe)  # RQ's own heartbeat
+        pipe.execute()
+    assert dedup.is_running("u") and not dedup.enqueue("u", TASK, "d").admitted
