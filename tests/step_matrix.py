@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import shutil
 import sys
@@ -36,7 +37,7 @@ from rq.job import Callback, Job
 from rq.repeat import Repeat
 from rq.scheduler import SCHEDULER_LOCKING_KEY_TEMPLATE, RQScheduler
 
-from dedupkit import Admission, Deduplicator, DedupkitError
+from dedupkit import Admission, DedupkitError, Deduplicator
 from dedupkit.keys import encode_key
 
 from . import step_judge, tasks
@@ -549,6 +550,8 @@ def report(cells: list[Cell], mode: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # RQ's maintenance in this process logs every lock and cleanup; the table is the output.
+    logging.getLogger("rq").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default all")
     parser.add_argument("--mode", choices=("kill", "stop"), default="kill")
