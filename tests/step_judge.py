@@ -6,8 +6,8 @@ A job of the key is *live* when RQ would still run it or may revive it:
 - its id sits in the queue list, the intermediate list (a worker dequeued it) or the
   scheduled registry, and its hash exists (RQ runs or promotes whatever id it finds there);
 - status ``deferred`` (it runs when its dependency ends);
-- status ``started`` with an expired lease and ``retries_left`` > 0 (RQ's
-  ``StartedJobRegistry.cleanup`` will ``job.retry()`` it).
+- an expired lease still in the started registry and ``retries_left`` > 0, whatever the
+  status (RQ's ``StartedJobRegistry.cleanup`` will ``job.retry()`` it).
 A duplicate is two live jobs at one sampled moment, not counting a deferred job whose
 dependency is itself live (a follow-up waiting behind its holder), or two executions of the
 key whose logged [start, end] overlap.
@@ -94,8 +94,10 @@ def live_reason(state: State, job: JobView) -> str | None:
         return f"scheduled-registry({job.status})"
     if job.status == "deferred":
         return "deferred"
-    if job.status == "started" and leases and job.retries_left > 0:
-        return f"dead-with-retries({job.retries_left})"
+    if leases and job.retries_left > 0:
+        # An expired lease still in the registry: RQ's cleanup will job.retry() it, whatever
+        # the status says (a horse killed after Job.retry() wrote 'scheduled' is one).
+        return f"dead-with-retries({job.status},{job.retries_left})"
     return None
 
 
