@@ -503,10 +503,14 @@ def run_matrix(names: Iterable[str], mode: str, full: bool, lanes: int, churn_se
                 for k in ks:
                     jobs.append(ex.submit(on_lane, lambda lane, v=variant, k=k: run_cell(lane, v, k, mode,
                                                                                           churn_seconds, seed=k)))
-            for job in jobs:
-                cell = job.result()
-                cells.append(cell)
-                out(_cell_line(cell))
+            try:
+                for job in jobs:
+                    cell = job.result()
+                    cells.append(cell)
+                    out(_cell_line(cell))
+            except BaseException:
+                ex.shutdown(cancel_futures=True)  # Ctrl-C: finish the running cells only
+                raise
     finally:
         for lane in pool:
             lane.close()
