@@ -270,7 +270,7 @@ class Maintenance(Actor):
         self.conn = redis.Redis.from_url(url)
         self.queue = Queue(QUEUE, connection=self.conn)
         self.worker = Worker([self.queue], connection=self.conn, name="step-matrix-maintenance")
-        self.scheduler = RQScheduler([self.queue], connection=self.conn)
+        self.scheduler = RQScheduler([self.queue], connection=self.conn, logging_level="ERROR")
         self.seen: dict[str, float] = {}
 
     def step(self) -> None:
@@ -556,6 +556,7 @@ def report(cells: list[Cell], mode: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     # RQ's maintenance in this process logs every lock and cleanup; the table is the output.
     logging.getLogger("rq").setLevel(logging.ERROR)
+    logging.getLogger("dedupkit").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default all")
     parser.add_argument("--mode", choices=("kill", "stop"), default="kill")
