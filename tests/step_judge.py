@@ -3,8 +3,9 @@
 A job of the key is *live* when RQ would still run it or may revive it:
 - one of its executions holds an unexpired lease in the started registry (a running horse,
   whatever the job's status or hash says);
-- its id sits in the queue list, the intermediate list (a worker dequeued it) or the
-  scheduled registry, and its hash exists (RQ runs or promotes whatever id it finds there);
+- its id sits in the queue list or the scheduled registry and its hash exists (RQ runs or
+  promotes whatever id it finds there), or in the intermediate list (a worker dequeued
+  it) while still ``queued`` or with retries left;
 - status ``deferred`` (it runs when its dependency ends);
 - an expired lease still in the started registry and ``retries_left`` > 0, whatever the
   status (RQ's ``StartedJobRegistry.cleanup`` will ``job.retry()`` it).
@@ -86,7 +87,9 @@ def live_reason(state: State, job: JobView) -> str | None:
     leases = state.leases.get(job.job_id, [])
     if any(score > state.now or math.isinf(score) for score in leases):
         return f"lease({job.status})"
-    if job.job_id in state.intermediate:
+    if job.job_id in state.intermediate and (job.status == "queued" or job.retries_left > 0):
+        # A worker that dequeued it starts it; if that worker died, RQ's intermediate cleanup
+        # fails it through handle_job_failure, which retries it while retries are left.
         return f"intermediate({job.status})"
     if job.job_id in state.queued:
         return f"queue({job.status})"
