@@ -422,8 +422,8 @@ def _judge_unrun(cell: Cell, conn: redis.Redis, variant: Variant, final: step_ju
     if status == "canceled":
         return
     if status in ("failed", "stopped"):
-        job = Job.fetch(job_id, connection=conn)
-        reason = (job.exc_info or "").strip().splitlines()[-1:] or ["?"]
+        result = Job.fetch(job_id, connection=conn).latest_result()
+        reason = ((result.exc_string if result else None) or "").strip().splitlines()[-1:] or ["?"]
         cell.rq_failed.append(f"{job_id} ({how}): {status} by RQ: {reason[0][:100]}")
         return
     if status is None and variant.ttl_drops:
