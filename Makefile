@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint install system-deps clean
+.PHONY: test demo lint install system-deps clean step-matrix
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ lint: install
 # real-Redis test fails the run (DEDUPKIT_REQUIRE_REAL=1).
 test: install system-deps lint
 	DEDUPKIT_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# Stop real rq workers after every Redis step they send, in every variant, then judge the key
+# from RQ's own data (tests/step_matrix.py; issue 9). Long: every step of every variant.
+step-matrix: install system-deps
+	$(PY) -m tests.step_matrix --full --mode kill $(STEP_MATRIX_ARGS)
 
 demo: install
 	$(PY) -m examples.flask_app.demo

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import redis
@@ -96,8 +96,9 @@ def _alive(pid: int) -> bool:
 class RQWorker:
     """A real ``rq worker`` process (forking Worker unless told otherwise)."""
 
-    def __init__(self, url: str, queue: str, *, scheduler: bool = False, worker_class: str | None = None,
-                 monitoring_interval: int | None = None, burst: bool = False, name: str | None = None) -> None:
+    def __init__(self, url: str, queue: str | Sequence[str], *, scheduler: bool = False,
+                 worker_class: str | None = None, monitoring_interval: int | None = None, burst: bool = False,
+                 name: str | None = None, env: Mapping[str, str] | None = None) -> None:
         args = [RQ_BIN, "worker", "-u", url, "--path", str(ROOT), "--maintenance-interval", "600"]
         if scheduler:
             args.append("--with-scheduler")
@@ -109,9 +110,9 @@ class RQWorker:
             args.append("--burst")
         if name:
             args += ["-n", name]
-        args.append(queue)
+        args += [queue] if isinstance(queue, str) else list(queue)
         self.log = tempfile.NamedTemporaryFile(prefix="rq-worker-", suffix=".log", delete=False)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, **(env or {}), PYTHONPATH=str(ROOT))
         # Own process group. RQ's work-horse leaves it (os.setpgrp() after the fork), so
         # the horses are signalled by pid as well.
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -131,6 +132,11 @@ class RQWorker:
             self._signal_all(signal.SIGKILL, horses)
             self.proc.wait(10)
             wait_for(lambda: not any(_alive(pid) for pid in horses), 10, what="the work-horse to die")
+
+    def freeze_all(self) -> None:
+        """SIGSTOP the worker and its children (work-horse, scheduler): a paused VM or host."""
+        if self.proc.poll() is None:
+            self._signal_all(signal.SIGSTOP, self.horse_pids())
 
     def horse_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
