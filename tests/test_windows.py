@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+import rq
 from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
@@ -204,11 +205,12 @@ def _rq_state(conn: redis.Redis, queue: Queue) -> tuple[Any, ...]:
             sorted(conn.keys("rq:job:*")))
 
 
-def test_a_running_job_deleted_by_rq_holds_the_key_again_from_its_next_heartbeat(dedup: Deduplicator,
-                                                                                 queue: Queue) -> None:
-    """Job.delete drops the hash, the wip entry and the executions zset: until the horse's
-    next heartbeat RQ keeps no trace of it (a documented bypass); from that heartbeat on,
-    RQ's Execution.heartbeat re-adds the execution's score and the key is held again."""
+def test_a_running_job_deleted_by_rq_leaves_a_gap_the_readme_names(dedup: Deduplicator, queue: Queue) -> None:
+    """Job.delete drops the hash, the wip entry and the executions zset: RQ keeps no trace
+    of the running horse (a documented bypass). On RQ 2.x its next heartbeat re-adds the
+    execution's score (RQ's Execution.heartbeat, ZADD without XX) and the key is held
+    again; RQ 3's heartbeat only updates existing entries, so the gap lasts until the
+    horse ends."""
     conn = queue.connection
     adm = dedup.enqueue("u", TASK, "d")
     execution = rqstate.start(conn, queue, adm.job_id, lease=30)
@@ -217,4 +219,7 @@ def test_a_running_job_deleted_by_rq_holds_the_key_again_from_its_next_heartbeat
     with conn.pipeline() as pipe:
         execution.heartbeat(queue.started_job_registry, 30, pipe)  # RQ's own heartbeat
         pipe.execute()
-    assert dedup.is_running("u") and not dedup.enqueue("u", TASK, "d").admitted
+    assert dedup.is_running("u") is (RQ_MAJOR < 3)
+
+
+RQ_MAJOR = int(rq.__version__.split(".")[0])
