@@ -150,3 +150,20 @@ def overlaps(runs: list[Execution]) -> list[str]:
                 found.append(f"{first.job_id}[pid {first.pid}] overlaps {second.job_id}[pid {second.pid}] "
                              f"by {min(first.end, second.end) - second.start:.2f}s")
     return found
+
+
+def describe_state(state: State) -> str:
+    """One line per sample for a trace: each job's status, where RQ holds it, its leases
+    (seconds left), and why it counts as live."""
+    parts = []
+    for job in state.jobs.values():
+        where = [name for name, ids in (("queue", state.queued), ("inter", state.intermediate),
+                                        ("sched", state.scheduled)) if job.job_id in ids]
+        leases = ",".join("inf" if math.isinf(s) else f"{s - state.now:+.1f}" for s in state.leases.get(job.job_id, []))
+        live = live_reason(state, job)
+        parts.append(f"{job.job_id[-6:]}:{job.status}"
+                     + (f"[{'/'.join(where)}]" if where else "")
+                     + (f" lease({leases})" if leases else "")
+                     + (f" r{job.retries_left}" if job.retries_left else "")
+                     + (" LIVE" if live else ""))
+    return "; ".join(parts) or "(no jobs)"

@@ -181,12 +181,30 @@ class Ledger:
     errors: list[str] = field(default_factory=list)
     ops: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    events: list[tuple[float, str]] = field(default_factory=list)  # (time, what): every call and answer
 
     def record(self, how: str, admission: Admission) -> None:
         with self.lock:
             self.ops += 1
             if admission.admitted and admission.job_id:
                 self.admitted[admission.job_id] = how
+            self.events.append((time.time(), f"{how}: {_describe_admission(admission)}"))
+
+    def note(self, what: str) -> None:
+        with self.lock:
+            self.events.append((time.time(), what))
+
+
+def _describe_admission(a: Admission) -> str:
+    words = ["admitted" if a.admitted else "error" if a.error else "conflict", str(a.job_id),
+             f"state={a.status.state.value}" if a.status else "state=?"]
+    if a.status and a.status.follow_up_job_id:
+        words.append(f"waiting={a.status.follow_up_job_id}")
+    for name in ("reason", "replaced", "follow_up_of", "recovered", "error"):
+        value = getattr(a, name, None)
+        if value:
+            words.append(f"{name}={value}")
+    return " ".join(words)
 
 
 class Actor(threading.Thread):
@@ -215,7 +233,11 @@ class Actor(threading.Thread):
 
 
 class Monitor(Actor):
-    """Samples RQ's data every 20 ms and keeps the first moments with two live jobs."""
+    """Samples RQ's data every 20 ms and keeps the first moments with two live jobs.
+
+    Every sample whose description differs from the one before is kept in ``timeline``
+    (time, description), for the trace of a failing cell.
+    """
 
     def __init__(self, url: str, queue_name: str) -> None:
         super().__init__(0.02)
@@ -223,6 +245,7 @@ class Monitor(Actor):
         self.queue = Queue(queue_name, connection=self.conn)
         self.duplicates: list[str] = []
         self.live = 0
+        self.timeline: list[tuple[float, str]] = []
 
     def sample(self) -> step_judge.State:
         return step_judge.read_state(self.conn, self.queue, ID_PREFIX)
@@ -230,6 +253,9 @@ class Monitor(Actor):
     def step(self) -> None:
         state = self.sample()
         self.live = step_judge.live_count(state)
+        text = step_judge.describe_state(state)
+        if not self.timeline or self.timeline[-1][1] != text:
+            self.timeline.append((state.now, text))
         found = step_judge.duplicate(state)
         if found and len(self.duplicates) < 3 and found not in self.duplicates:
             self.duplicates.append(found)
@@ -247,7 +273,7 @@ class Churn(Actor):
         r = self.rng.random()
         try:
             if r < 0.2:
-                self.dedup.cancel(KEY)
+                self.ledger.note(f"churn cancel: {self.dedup.cancel(KEY)}")
             else:
                 policy = "reject" if r < 0.55 else "replace" if r < 0.8 else "follow_up"
                 self.ledger.record(f"churn {policy}", self.variant.admit(self.dedup, policy, churn=True))
@@ -306,6 +332,7 @@ class Cell:
     free_seconds: float | None = None
     around: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)  # victim steps, ledger and samples, merged by time
 
     @property
     def failed(self) -> bool:
@@ -349,9 +376,34 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
         victim.kill_all()
         victim.stop()
         cell.around = [s for s in read_steps(step_dir) if k - 3 <= s.n <= k + 1]
+        cell.trace = _trace(step_dir, ledger, monitor, conn)
         shutil.rmtree(step_dir, ignore_errors=True)
         conn.close()
     return cell
+
+
+def _trace(step_dir: Path, ledger: Ledger, monitor: Monitor, conn: redis.Redis) -> list[str]:
+    """The victim's steps, every admission and cancel, every changed sample and the jobs'
+    logged runs, in one list ordered by time (all clocks are this host's)."""
+    rows: list[tuple[float, str]] = []
+    log = step_dir / "steps.tsv"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            n, pid, role, t, text = line.split("\t", 4)
+            rows.append((float(t), f"victim step {n} {role}[{pid}] {text[:400]}"))
+    with ledger.lock:
+        rows += [(t, f"ledger {what}") for t, what in ledger.events]
+    rows += [(t, f"sample {what}") for t, what in monitor.timeline]
+    try:
+        for raw in conn.lrange(tasks.step_log_key(KEY), 0, -1):
+            ev = json.loads(raw)
+            rows.append((float(ev["t"]), f"run {ev['ev']} {ev['job']} pid {ev['pid']}"
+                         + (f" admitted {ev['admitted']}" if "admitted" in ev else "")))
+    except redis.RedisError as exc:
+        rows.append((time.time(), f"(step log unreadable: {exc})"))
+    rows.sort(key=lambda r: r[0])
+    start = rows[0][0] if rows else 0.0
+    return [f"{t - start:8.3f} {what}" for t, what in rows]
 
 
 def _wait_trip(victim: RQWorker, step_dir: Path) -> bool:
@@ -475,7 +527,8 @@ def choose_steps(steps: list[Step], full: bool, per_phase: int | None) -> list[i
 
 
 def run_matrix(names: Iterable[str], mode: str, full: bool, lanes: int, churn_seconds: float,
-               per_phase: int | None = None, out: Callable[[str], None] = print) -> list[Cell]:
+               per_phase: int | None = None, out: Callable[[str], None] = print,
+               only_k: list[int] | None = None, repeat: int = 1) -> list[Cell]:
     pool = [Lane() for _ in range(lanes)]
     free = list(pool)
     guard = threading.Lock()
@@ -496,13 +549,14 @@ def run_matrix(names: Iterable[str], mode: str, full: bool, lanes: int, churn_se
             sequences = list(ex.map(lambda v: on_lane(lambda lane: record_sequence(lane, v)), variants))
             jobs = []
             for variant, steps in zip(variants, sequences, strict=True):
-                ks = choose_steps(steps, full, per_phase)
+                ks = only_k if only_k else choose_steps(steps, full, per_phase)
                 out(f"# {variant.name}: {len(steps)} steps recorded, stopping after k in {ks}")
                 for s in steps:
                     out(f"#   {s}")
                 for k in ks:
-                    jobs.append(ex.submit(on_lane, lambda lane, v=variant, k=k: run_cell(lane, v, k, mode,
-                                                                                          churn_seconds, seed=k)))
+                    for r in range(repeat):
+                        jobs.append(ex.submit(on_lane, lambda lane, v=variant, k=k, r=r: run_cell(
+                            lane, v, k, mode, churn_seconds, seed=k + 1000 * r)))
             try:
                 for job in jobs:
                     cell = job.result()
@@ -523,7 +577,7 @@ def _cell_line(cell: Cell) -> str:
             f"rq_failed={len(cell.rq_failed)} free={cell.free_seconds}")
 
 
-def report(cells: list[Cell], mode: str) -> str:
+def report(cells: list[Cell], mode: str, trace: bool = False) -> str:
     lines = [f"mode={mode}", f"{'variant':<18} {'cells':>5} {'dups':>5} {'losses':>6} {'rq-failed':>9} "
              f"{'max s free':>10}  failing k"]
     by_variant: dict[str, list[Cell]] = {}
@@ -550,6 +604,10 @@ def report(cells: list[Cell], mode: str) -> str:
         lines += [f"    lost: {x}" for x in c.losses]
         lines += [f"    note: {n}" for n in c.notes]
         lines += [f"    step {s}" for s in c.around]
+    if trace:
+        for c in (failing_cells or [c for c in cells if c.reached]):
+            lines.append(f"\nTrace of {c.variant} k={c.k} ({c.mode}){' FAILING' if c.failed else ''}:")
+            lines += [f"  {row}" for row in c.trace]
     return "\n".join(lines)
 
 
@@ -564,11 +622,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-phase", type=int, default=None, help="sample the first N steps of each phase")
     parser.add_argument("--lanes", type=int, default=2, help="cells in parallel, one redis-server each")
     parser.add_argument("--churn-seconds", type=float, default=4.0)
+    parser.add_argument("--k", type=int, action="append", default=None,
+                        help="run only this step k (repeatable); the recorded steps are still printed")
+    parser.add_argument("--repeat", type=int, default=1, help="run each chosen cell this many times")
+    parser.add_argument("--trace", action="store_true",
+                        help="print each failing cell's trace (every cell's when none failed): the victim's "
+                             "steps, every admission/cancel and its answer, every changed sample of RQ's data")
     args = parser.parse_args(argv)
     started = time.monotonic()
     cells = run_matrix(args.variant or list(VARIANTS), args.mode, args.full, args.lanes, args.churn_seconds,
-                       args.per_phase)
-    print(report(cells, args.mode))
+                       args.per_phase, only_k=args.k, repeat=args.repeat)
+    print(report(cells, args.mode, trace=args.trace))
     print(f"\n{len(cells)} cells in {time.monotonic() - started:.0f} s: "
           f"python -m tests.step_matrix {' '.join(argv if argv is not None else sys.argv[1:])}")
     return 1 if any(c.failed for c in cells) else 0
