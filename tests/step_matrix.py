@@ -339,7 +339,9 @@ class Cell:
         return bool(self.duplicates or self.losses or self.free_seconds is None) and self.reached
 
 
-def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: float, seed: int) -> Cell:
+def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: float, seed: int,
+             trace: bool = False) -> Cell:
+    """One cell. ``trace``: the healthy worker logs its steps too (count only), for the trace."""
     cell = Cell(variant.name, k, mode)
     conn = lane.fresh()
     dedup = Deduplicator(Queue(QUEUE, connection=conn))
@@ -347,6 +349,7 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
     monitor = Monitor(lane.url, QUEUE)
     monitor.start()
     step_dir = Path(tempfile.mkdtemp(prefix="stepkill-"))
+    healthy_dir = Path(tempfile.mkdtemp(prefix="stephealthy-"))  # count-only log of the healthy worker
     ledger.record("first", variant.admit(dedup, "reject"))
     victim = start_worker(lane, variant, kill_at=k, step_dir=step_dir)
     actors: list[Actor] = [monitor]
@@ -360,7 +363,7 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
         actors += [maintenance, churn]
         maintenance.start()
         churn.start()
-        healthy = start_worker(lane, variant, kill_at=None, step_dir=None, healthy=True)
+        healthy = start_worker(lane, variant, kill_at=None, step_dir=healthy_dir if trace else None, healthy=True)
         time.sleep(churn_seconds)
         churn.stop()
         cell.free_seconds = _time_until_free(dedup, variant, ledger)
@@ -376,21 +379,26 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
         victim.kill_all()
         victim.stop()
         cell.around = [s for s in read_steps(step_dir) if k - 3 <= s.n <= k + 1]
-        cell.trace = _trace(step_dir, ledger, monitor, conn)
+        cell.trace = _trace(step_dir, healthy_dir, ledger, monitor, conn)
         shutil.rmtree(step_dir, ignore_errors=True)
+        shutil.rmtree(healthy_dir, ignore_errors=True)
         conn.close()
     return cell
 
 
-def _trace(step_dir: Path, ledger: Ledger, monitor: Monitor, conn: redis.Redis) -> list[str]:
-    """The victim's steps, every admission and cancel, every changed sample and the jobs'
-    logged runs, in one list ordered by time (all clocks are this host's)."""
+def _trace(step_dir: Path, healthy_dir: Path, ledger: Ledger, monitor: Monitor, conn: redis.Redis) -> list[str]:
+    """The victim's and the healthy worker's steps, every admission and cancel, every changed
+    sample and the jobs' logged runs, in one list ordered by time (all clocks are this host's)."""
     rows: list[tuple[float, str]] = []
-    log = step_dir / "steps.tsv"
-    if log.exists():
+    for who, directory in (("victim", step_dir), ("healthy", healthy_dir)):
+        log = directory / "steps.tsv"
+        if not log.exists():
+            continue
         for line in log.read_text().splitlines():
             n, pid, role, t, text = line.split("\t", 4)
-            rows.append((float(t), f"victim step {n} {role}[{pid}] {text[:400]}"))
+            if who == "healthy" and not any(w in text for w in (*STATE_WORDS, "LMOVE", "HGETALL", "WATCH")):
+                continue  # the healthy worker's idle chatter (worker hash, pubsub, INFO)
+            rows.append((float(t), f"{who} step {n} {role}[{pid}] {text[:600]}"))
     with ledger.lock:
         rows += [(t, f"ledger {what}") for t, what in ledger.events]
     rows += [(t, f"sample {what}") for t, what in monitor.timeline]
@@ -528,7 +536,7 @@ def choose_steps(steps: list[Step], full: bool, per_phase: int | None) -> list[i
 
 def run_matrix(names: Iterable[str], mode: str, full: bool, lanes: int, churn_seconds: float,
                per_phase: int | None = None, out: Callable[[str], None] = print,
-               only_k: list[int] | None = None, repeat: int = 1) -> list[Cell]:
+               only_k: list[int] | None = None, repeat: int = 1, trace: bool = False) -> list[Cell]:
     pool = [Lane() for _ in range(lanes)]
     free = list(pool)
     guard = threading.Lock()
@@ -556,7 +564,7 @@ def run_matrix(names: Iterable[str], mode: str, full: bool, lanes: int, churn_se
                 for k in ks:
                     for r in range(repeat):
                         jobs.append(ex.submit(on_lane, lambda lane, v=variant, k=k, r=r: run_cell(
-                            lane, v, k, mode, churn_seconds, seed=k + 1000 * r)))
+                            lane, v, k, mode, churn_seconds, seed=k + 1000 * r, trace=trace)))
             try:
                 for job in jobs:
                     cell = job.result()
@@ -631,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     cells = run_matrix(args.variant or list(VARIANTS), args.mode, args.full, args.lanes, args.churn_seconds,
-                       args.per_phase, only_k=args.k, repeat=args.repeat)
+                       args.per_phase, only_k=args.k, repeat=args.repeat, trace=args.trace)
     print(report(cells, args.mode, trace=args.trace))
     print(f"\n{len(cells)} cells in {time.monotonic() - started:.0f} s: "
           f"python -m tests.step_matrix {' '.join(argv if argv is not None else sys.argv[1:])}")
