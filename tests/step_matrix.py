@@ -20,6 +20,8 @@ import json
 import logging
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -318,6 +320,52 @@ class Maintenance(Actor):
         inter.cleanup(self.worker, self.queue)
 
 
+class MaintenanceProcess:
+    """Runs ``Maintenance`` in a process of its own, in that process's main thread.
+
+    RQ's ``StartedJobRegistry.cleanup`` runs a job's ``on_failure`` callback under RQ's
+    ``UnixSignalDeathPenalty`` (SIGALRM), which can only be set up in a main thread: in a
+    harness thread the cleanup raised ``ValueError`` before its pipeline, so a dead job with
+    callbacks was never failed or retried and the cell reported a loss. RQ's own worker
+    runs its maintenance in its main thread; so does this process.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.failures: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.step_matrix", "--maintenance-loop", self.url],
+                                     cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.failures += [line.removeprefix("FAILURE ") for line in out.splitlines() if line.startswith("FAILURE ")]
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            self.failures.append(f"maintenance process exited {self.proc.returncode}: {out[-300:]}")
+        self.proc = None
+
+
+def maintenance_loop(url: str) -> int:
+    """The body of ``MaintenanceProcess``: RQ's maintenance in this main thread until SIGTERM."""
+    maintenance = Maintenance(url)
+    signal.signal(signal.SIGTERM, lambda *_: maintenance.halt.set())
+    maintenance.run()  # the Actor loop, here in the main thread
+    for failure in dict.fromkeys(maintenance.failures):
+        print(f"FAILURE {failure}", flush=True)
+    return 0
+
+
 # -- one cell ---------------------------------------------------------------------------
 
 @dataclass
@@ -352,14 +400,14 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
     healthy_dir = Path(tempfile.mkdtemp(prefix="stephealthy-"))  # count-only log of the healthy worker
     ledger.record("first", variant.admit(dedup, "reject"))
     victim = start_worker(lane, variant, kill_at=k, step_dir=step_dir)
-    actors: list[Actor] = [monitor]
+    actors: list[Actor | MaintenanceProcess] = [monitor]
     healthy: RQWorker | None = None
     try:
         if not _wait_trip(victim, step_dir):
             cell.reached = False
             return cell
         frozen_pids, frozen_at = _stop_victim(victim, mode, conn)
-        maintenance, churn = Maintenance(lane.url), Churn(lane.url, variant, ledger, seed)
+        maintenance, churn = MaintenanceProcess(lane.url), Churn(lane.url, variant, ledger, seed)
         actors += [maintenance, churn]
         maintenance.start()
         churn.start()
@@ -623,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     # RQ's maintenance in this process logs every lock and cleanup; the table is the output.
     logging.getLogger("rq").setLevel(logging.ERROR)
     logging.getLogger("dedupkit").setLevel(logging.WARNING)
+    args_in = argv if argv is not None else sys.argv[1:]
+    if args_in[:1] == ["--maintenance-loop"]:
+        logging.getLogger("rq").setLevel(logging.CRITICAL)  # RQ logs the callback errors it re-raises
+        return maintenance_loop(args_in[1])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default all")
     parser.add_argument("--mode", choices=("kill", "stop"), default="kill")
