@@ -416,7 +416,7 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
         churn.stop()
         cell.free_seconds = _time_until_free(dedup, variant, ledger)
         _wait_quiet(monitor, 15)
-        _judge(cell, conn, variant, ledger, monitor, frozen_pids, frozen_at)
+        _judge(cell, conn, variant, ledger, monitor, frozen_pids, frozen_at, popped=_popped_unstarted(step_dir))
         cell.notes += [f"{a.__class__.__name__}: {f}" for a in actors for f in a.failures[:2]]
         cell.notes += ledger.errors[:3]
     finally:
@@ -505,8 +505,24 @@ def _wait_quiet(monitor: Monitor, timeout: float) -> None:
     time.sleep(0.2)
 
 
+def _popped_unstarted(step_dir: Path) -> bool:
+    """True when the victim's last dequeue was an LPOP/BLPOP and it never sent the MULTI that
+    marks a job started. With several queues RQ 2.12 dequeues by LPOP/BLPOP (no
+    intermediate list, rq/queue.py Queue.lpop / Queue.dequeue_any): the popped id is then
+    in no list or registry of RQ's, and nothing of RQ's will ever run or fail it."""
+    popped = False
+    for step in read_steps(step_dir):
+        if not step.sent:
+            continue
+        if step.text.startswith(("LPOP rq:queue:", "BLPOP rq:queue:")):
+            popped = True
+        elif "LMOVE" in step.text or "status=started" in step.text:
+            popped = False
+    return popped
+
+
 def _judge(cell: Cell, conn: redis.Redis, variant: Variant, ledger: Ledger, monitor: Monitor,
-           frozen_pids: set[int], frozen_at: float) -> None:
+           frozen_pids: set[int], frozen_at: float, popped: bool = False) -> None:
     events = [json.loads(e) for e in conn.lrange(tasks.step_log_key(KEY), 0, -1)]
     for ev in events:
         if ev["ev"] == "admitted":
@@ -519,14 +535,19 @@ def _judge(cell: Cell, conn: redis.Redis, variant: Variant, ledger: Ledger, moni
     ran = {r.job_id for r in runs}
     for job_id, how in ledger.admitted.items():
         if job_id not in ran:
-            _judge_unrun(cell, conn, variant, final, job_id, how)
+            _judge_unrun(cell, conn, variant, final, job_id, how, popped)
 
 
 def _judge_unrun(cell: Cell, conn: redis.Redis, variant: Variant, final: step_judge.State, job_id: str,
-                 how: str) -> None:
-    """An admitted job that never ran: cancelled by dedupkit, failed by RQ, or lost."""
+                 how: str, popped: bool = False) -> None:
+    """An admitted job that never ran: cancelled by dedupkit, failed by RQ, lost by RQ, or lost."""
     view = final.jobs.get(job_id)
     status = view.status if view else None
+    if (status == "queued" and popped and how == "first" and view is not None
+            and step_judge.live_reason(final, view) is None):
+        cell.rq_failed.append(f"{job_id} ({how}): LPOPed by the killed worker, never started: RQ lost it "
+                              "(several queues: rq/queue.py Queue.lpop, no intermediate list)")
+        return
     if status == "canceled":
         return
     if status in ("failed", "stopped"):
