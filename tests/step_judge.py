@@ -2,7 +2,10 @@
 
 A job of the key is *live* when RQ would still run it or may revive it:
 - one of its executions holds an unexpired lease in the started registry (a running horse,
-  whatever the job's status or hash says);
+  whatever the job's status or hash says), except a final status (finished, failed,
+  stopped, canceled) without retries left: RQ leaves such a lease behind when it re-runs
+  its success transaction after a WatchError (no horse runs the job; RQ's cleanup will
+  only fail it), and an actual second run is caught by the run log instead;
 - its id sits in the queue list or the scheduled registry and its hash exists (RQ runs or
   promotes whatever id it finds there), or in the intermediate list (a worker dequeued
   it) while still ``queued`` or with retries left;
@@ -25,6 +28,7 @@ from rq import Queue
 from rq.job import Job
 
 JOB_NS = Job.redis_job_namespace_prefix
+FINAL = frozenset({"finished", "failed", "stopped", "canceled"})
 
 
 @dataclass
@@ -45,6 +49,7 @@ class State:
     scheduled: set[str]
     leases: dict[str, list[float]]
     jobs: dict[str, JobView] = field(default_factory=dict)
+    lease_ids: dict[str, list[str]] = field(default_factory=dict)  # job id -> execution ids, as leases
 
 
 def _text(value: bytes | None) -> str | None:
@@ -71,10 +76,13 @@ def read_state(conn: redis.Redis, queue: Queue, id_prefix: str) -> State:
             pipe.hmget(Job.key_for(job_id), "status", "retries_left", "dependency_ids", "dependency_id")
         clock, queued, inter, sched, wip, *hashes = pipe.execute()
     leases: dict[str, list[float]] = {}
+    lease_ids: dict[str, list[str]] = {}
     for member, score in wip:
-        leases.setdefault(member.decode().rsplit(":", 1)[0], []).append(float(score))
+        job_id, exec_id = member.decode().rsplit(":", 1)
+        leases.setdefault(job_id, []).append(float(score))
+        lease_ids.setdefault(job_id, []).append(exec_id)
     state = State(clock[0] + clock[1] / 1e6, {q.decode() for q in queued}, {i.decode() for i in inter},
-                  {s.decode() for s in sched}, leases)
+                  {s.decode() for s in sched}, leases, lease_ids=lease_ids)
     for job_id, (status, retries, dep_ids, dep_id) in zip(ids, hashes, strict=True):
         if status is None and retries is None and dep_ids is None:
             continue  # hash gone, or a bare heartbeat hash (rq#1450): not a job RQ can run
@@ -86,6 +94,12 @@ def live_reason(state: State, job: JobView) -> str | None:
     """Why RQ would still run (or revive) ``job``, or None."""
     leases = state.leases.get(job.job_id, [])
     if any(score > state.now or math.isinf(score) for score in leases):
+        if job.status in FINAL and job.retries_left <= 0:
+            # A lease left behind by RQ itself: handle_job_success re-run after a WatchError
+            # writes 'finished' without removing the execution (its worker dropped it in the
+            # aborted first run). No horse runs it; at expiry RQ's cleanup only fails it. A
+            # second execution would show in the run log (overlaps), not here.
+            return None
         return f"lease({job.status})"
     if job.job_id in state.intermediate and (job.status == "queued" or job.retries_left > 0):
         # A worker that dequeued it starts it; if that worker died, RQ's intermediate cleanup
@@ -150,3 +164,22 @@ def overlaps(runs: list[Execution]) -> list[str]:
                 found.append(f"{first.job_id}[pid {first.pid}] overlaps {second.job_id}[pid {second.pid}] "
                              f"by {min(first.end, second.end) - second.start:.2f}s")
     return found
+
+
+def describe_state(state: State) -> str:
+    """One line per sample for a trace: each job's status, where RQ holds it, its leases
+    (seconds left), and why it counts as live."""
+    parts = []
+    for job in state.jobs.values():
+        where = [name for name, ids in (("queue", state.queued), ("inter", state.intermediate),
+                                        ("sched", state.scheduled)) if job.job_id in ids]
+        leases = ",".join(f"{e[:4]}:" + ("inf" if math.isinf(s) else f"{s - state.now:+.1f}")
+                          for s, e in zip(state.leases.get(job.job_id, []), state.lease_ids.get(job.job_id, []),
+                                          strict=False))
+        live = live_reason(state, job)
+        parts.append(f"{job.job_id[-6:]}:{job.status}"
+                     + (f"[{'/'.join(where)}]" if where else "")
+                     + (f" lease({leases})" if leases else "")
+                     + (f" r{job.retries_left}" if job.retries_left else "")
+                     + (" LIVE" if live else ""))
+    return "; ".join(parts) or "(no jobs)"

@@ -20,6 +20,8 @@ import json
 import logging
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -181,12 +183,30 @@ class Ledger:
     errors: list[str] = field(default_factory=list)
     ops: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    events: list[tuple[float, str]] = field(default_factory=list)  # (time, what): every call and answer
 
     def record(self, how: str, admission: Admission) -> None:
         with self.lock:
             self.ops += 1
             if admission.admitted and admission.job_id:
                 self.admitted[admission.job_id] = how
+            self.events.append((time.time(), f"{how}: {_describe_admission(admission)}"))
+
+    def note(self, what: str) -> None:
+        with self.lock:
+            self.events.append((time.time(), what))
+
+
+def _describe_admission(a: Admission) -> str:
+    words = ["admitted" if a.admitted else "error" if a.error else "conflict", str(a.job_id),
+             f"state={a.status.state.value}" if a.status else "state=?"]
+    if a.status and a.status.follow_up_job_id:
+        words.append(f"waiting={a.status.follow_up_job_id}")
+    for name in ("reason", "replaced", "follow_up_of", "recovered", "error"):
+        value = getattr(a, name, None)
+        if value:
+            words.append(f"{name}={value}")
+    return " ".join(words)
 
 
 class Actor(threading.Thread):
@@ -215,7 +235,11 @@ class Actor(threading.Thread):
 
 
 class Monitor(Actor):
-    """Samples RQ's data every 20 ms and keeps the first moments with two live jobs."""
+    """Samples RQ's data every 20 ms and keeps the first moments with two live jobs.
+
+    Every sample whose description differs from the one before is kept in ``timeline``
+    (time, description), for the trace of a failing cell.
+    """
 
     def __init__(self, url: str, queue_name: str) -> None:
         super().__init__(0.02)
@@ -223,6 +247,7 @@ class Monitor(Actor):
         self.queue = Queue(queue_name, connection=self.conn)
         self.duplicates: list[str] = []
         self.live = 0
+        self.timeline: list[tuple[float, str]] = []
 
     def sample(self) -> step_judge.State:
         return step_judge.read_state(self.conn, self.queue, ID_PREFIX)
@@ -230,6 +255,9 @@ class Monitor(Actor):
     def step(self) -> None:
         state = self.sample()
         self.live = step_judge.live_count(state)
+        text = step_judge.describe_state(state)
+        if not self.timeline or self.timeline[-1][1] != text:
+            self.timeline.append((state.now, text))
         found = step_judge.duplicate(state)
         if found and len(self.duplicates) < 3 and found not in self.duplicates:
             self.duplicates.append(found)
@@ -247,7 +275,7 @@ class Churn(Actor):
         r = self.rng.random()
         try:
             if r < 0.2:
-                self.dedup.cancel(KEY)
+                self.ledger.note(f"churn cancel: {self.dedup.cancel(KEY)}")
             else:
                 policy = "reject" if r < 0.55 else "replace" if r < 0.8 else "follow_up"
                 self.ledger.record(f"churn {policy}", self.variant.admit(self.dedup, policy, churn=True))
@@ -292,6 +320,52 @@ class Maintenance(Actor):
         inter.cleanup(self.worker, self.queue)
 
 
+class MaintenanceProcess:
+    """Runs ``Maintenance`` in a process of its own, in that process's main thread.
+
+    RQ's ``StartedJobRegistry.cleanup`` runs a job's ``on_failure`` callback under RQ's
+    ``UnixSignalDeathPenalty`` (SIGALRM), which can only be set up in a main thread: in a
+    harness thread the cleanup raised ``ValueError`` before its pipeline, so a dead job with
+    callbacks was never failed or retried and the cell reported a loss. RQ's own worker
+    runs its maintenance in its main thread; so does this process.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.failures: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.step_matrix", "--maintenance-loop", self.url],
+                                     cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.failures += [line.removeprefix("FAILURE ") for line in out.splitlines() if line.startswith("FAILURE ")]
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            self.failures.append(f"maintenance process exited {self.proc.returncode}: {out[-300:]}")
+        self.proc = None
+
+
+def maintenance_loop(url: str) -> int:
+    """The body of ``MaintenanceProcess``: RQ's maintenance in this main thread until SIGTERM."""
+    maintenance = Maintenance(url)
+    signal.signal(signal.SIGTERM, lambda *_: maintenance.halt.set())
+    maintenance.run()  # the Actor loop, here in the main thread
+    for failure in dict.fromkeys(maintenance.failures):
+        print(f"FAILURE {failure}", flush=True)
+    return 0
+
+
 # -- one cell ---------------------------------------------------------------------------
 
 @dataclass
@@ -306,13 +380,16 @@ class Cell:
     free_seconds: float | None = None
     around: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)  # victim steps, ledger and samples, merged by time
 
     @property
     def failed(self) -> bool:
         return bool(self.duplicates or self.losses or self.free_seconds is None) and self.reached
 
 
-def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: float, seed: int) -> Cell:
+def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: float, seed: int,
+             trace: bool = False) -> Cell:
+    """One cell. ``trace``: the healthy worker logs its steps too (count only), for the trace."""
     cell = Cell(variant.name, k, mode)
     conn = lane.fresh()
     dedup = Deduplicator(Queue(QUEUE, connection=conn))
@@ -320,25 +397,26 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
     monitor = Monitor(lane.url, QUEUE)
     monitor.start()
     step_dir = Path(tempfile.mkdtemp(prefix="stepkill-"))
+    healthy_dir = Path(tempfile.mkdtemp(prefix="stephealthy-"))  # count-only log of the healthy worker
     ledger.record("first", variant.admit(dedup, "reject"))
     victim = start_worker(lane, variant, kill_at=k, step_dir=step_dir)
-    actors: list[Actor] = [monitor]
+    actors: list[Actor | MaintenanceProcess] = [monitor]
     healthy: RQWorker | None = None
     try:
         if not _wait_trip(victim, step_dir):
             cell.reached = False
             return cell
         frozen_pids, frozen_at = _stop_victim(victim, mode, conn)
-        maintenance, churn = Maintenance(lane.url), Churn(lane.url, variant, ledger, seed)
+        maintenance, churn = MaintenanceProcess(lane.url), Churn(lane.url, variant, ledger, seed)
         actors += [maintenance, churn]
         maintenance.start()
         churn.start()
-        healthy = start_worker(lane, variant, kill_at=None, step_dir=None, healthy=True)
+        healthy = start_worker(lane, variant, kill_at=None, step_dir=healthy_dir if trace else None, healthy=True)
         time.sleep(churn_seconds)
         churn.stop()
         cell.free_seconds = _time_until_free(dedup, variant, ledger)
         _wait_quiet(monitor, 15)
-        _judge(cell, conn, variant, ledger, monitor, frozen_pids, frozen_at)
+        _judge(cell, conn, variant, ledger, monitor, frozen_pids, frozen_at, popped=_popped_unstarted(step_dir))
         cell.notes += [f"{a.__class__.__name__}: {f}" for a in actors for f in a.failures[:2]]
         cell.notes += ledger.errors[:3]
     finally:
@@ -349,9 +427,39 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
         victim.kill_all()
         victim.stop()
         cell.around = [s for s in read_steps(step_dir) if k - 3 <= s.n <= k + 1]
+        cell.trace = _trace(step_dir, healthy_dir, ledger, monitor, conn)
         shutil.rmtree(step_dir, ignore_errors=True)
+        shutil.rmtree(healthy_dir, ignore_errors=True)
         conn.close()
     return cell
+
+
+def _trace(step_dir: Path, healthy_dir: Path, ledger: Ledger, monitor: Monitor, conn: redis.Redis) -> list[str]:
+    """The victim's and the healthy worker's steps, every admission and cancel, every changed
+    sample and the jobs' logged runs, in one list ordered by time (all clocks are this host's)."""
+    rows: list[tuple[float, str]] = []
+    for who, directory in (("victim", step_dir), ("healthy", healthy_dir)):
+        log = directory / "steps.tsv"
+        if not log.exists():
+            continue
+        for line in log.read_text().splitlines():
+            n, pid, role, t, text = line.split("\t", 4)
+            if who == "healthy" and not any(w in text for w in (*STATE_WORDS, "LMOVE", "HGETALL", "WATCH")):
+                continue  # the healthy worker's idle chatter (worker hash, pubsub, INFO)
+            rows.append((float(t), f"{who} step {n} {role}[{pid}] {text[:600]}"))
+    with ledger.lock:
+        rows += [(t, f"ledger {what}") for t, what in ledger.events]
+    rows += [(t, f"sample {what}") for t, what in monitor.timeline]
+    try:
+        for raw in conn.lrange(tasks.step_log_key(KEY), 0, -1):
+            ev = json.loads(raw)
+            rows.append((float(ev["t"]), f"run {ev['ev']} {ev['job']} pid {ev['pid']}"
+                         + (f" admitted {ev['admitted']}" if "admitted" in ev else "")))
+    except redis.RedisError as exc:
+        rows.append((time.time(), f"(step log unreadable: {exc})"))
+    rows.sort(key=lambda r: r[0])
+    start = rows[0][0] if rows else 0.0
+    return [f"{t - start:8.3f} {what}" for t, what in rows]
 
 
 def _wait_trip(victim: RQWorker, step_dir: Path) -> bool:
@@ -397,8 +505,24 @@ def _wait_quiet(monitor: Monitor, timeout: float) -> None:
     time.sleep(0.2)
 
 
+def _popped_unstarted(step_dir: Path) -> bool:
+    """True when the victim's last dequeue was an LPOP/BLPOP and it never sent the MULTI that
+    marks a job started. With several queues RQ 2.12 dequeues by LPOP/BLPOP (no
+    intermediate list, rq/queue.py Queue.lpop / Queue.dequeue_any): the popped id is then
+    in no list or registry of RQ's, and nothing of RQ's will ever run or fail it."""
+    popped = False
+    for step in read_steps(step_dir):
+        if not step.sent:
+            continue
+        if step.text.startswith(("LPOP rq:queue:", "BLPOP rq:queue:")):
+            popped = True
+        elif "LMOVE" in step.text or "status=started" in step.text:
+            popped = False
+    return popped
+
+
 def _judge(cell: Cell, conn: redis.Redis, variant: Variant, ledger: Ledger, monitor: Monitor,
-           frozen_pids: set[int], frozen_at: float) -> None:
+           frozen_pids: set[int], frozen_at: float, popped: bool = False) -> None:
     events = [json.loads(e) for e in conn.lrange(tasks.step_log_key(KEY), 0, -1)]
     for ev in events:
         if ev["ev"] == "admitted":
@@ -411,14 +535,19 @@ def _judge(cell: Cell, conn: redis.Redis, variant: Variant, ledger: Ledger, moni
     ran = {r.job_id for r in runs}
     for job_id, how in ledger.admitted.items():
         if job_id not in ran:
-            _judge_unrun(cell, conn, variant, final, job_id, how)
+            _judge_unrun(cell, conn, variant, final, job_id, how, popped)
 
 
 def _judge_unrun(cell: Cell, conn: redis.Redis, variant: Variant, final: step_judge.State, job_id: str,
-                 how: str) -> None:
-    """An admitted job that never ran: cancelled by dedupkit, failed by RQ, or lost."""
+                 how: str, popped: bool = False) -> None:
+    """An admitted job that never ran: cancelled by dedupkit, failed by RQ, lost by RQ, or lost."""
     view = final.jobs.get(job_id)
     status = view.status if view else None
+    if (status == "queued" and popped and how == "first" and view is not None
+            and step_judge.live_reason(final, view) is None):
+        cell.rq_failed.append(f"{job_id} ({how}): LPOPed by the killed worker, never started: RQ lost it "
+                              "(several queues: rq/queue.py Queue.lpop, no intermediate list)")
+        return
     if status == "canceled":
         return
     if status in ("failed", "stopped"):
@@ -475,7 +604,8 @@ def choose_steps(steps: list[Step], full: bool, per_phase: int | None) -> list[i
 
 
 def run_matrix(names: Iterable[str], mode: str, full: bool, lanes: int, churn_seconds: float,
-               per_phase: int | None = None, out: Callable[[str], None] = print) -> list[Cell]:
+               per_phase: int | None = None, out: Callable[[str], None] = print,
+               only_k: list[int] | None = None, repeat: int = 1, trace: bool = False) -> list[Cell]:
     pool = [Lane() for _ in range(lanes)]
     free = list(pool)
     guard = threading.Lock()
@@ -496,13 +626,14 @@ def run_matrix(names: Iterable[str], mode: str, full: bool, lanes: int, churn_se
             sequences = list(ex.map(lambda v: on_lane(lambda lane: record_sequence(lane, v)), variants))
             jobs = []
             for variant, steps in zip(variants, sequences, strict=True):
-                ks = choose_steps(steps, full, per_phase)
+                ks = only_k if only_k else choose_steps(steps, full, per_phase)
                 out(f"# {variant.name}: {len(steps)} steps recorded, stopping after k in {ks}")
                 for s in steps:
                     out(f"#   {s}")
                 for k in ks:
-                    jobs.append(ex.submit(on_lane, lambda lane, v=variant, k=k: run_cell(lane, v, k, mode,
-                                                                                          churn_seconds, seed=k)))
+                    for r in range(repeat):
+                        jobs.append(ex.submit(on_lane, lambda lane, v=variant, k=k, r=r: run_cell(
+                            lane, v, k, mode, churn_seconds, seed=k + 1000 * r, trace=trace)))
             try:
                 for job in jobs:
                     cell = job.result()
@@ -523,7 +654,7 @@ def _cell_line(cell: Cell) -> str:
             f"rq_failed={len(cell.rq_failed)} free={cell.free_seconds}")
 
 
-def report(cells: list[Cell], mode: str) -> str:
+def report(cells: list[Cell], mode: str, trace: bool = False) -> str:
     lines = [f"mode={mode}", f"{'variant':<18} {'cells':>5} {'dups':>5} {'losses':>6} {'rq-failed':>9} "
              f"{'max s free':>10}  failing k"]
     by_variant: dict[str, list[Cell]] = {}
@@ -550,6 +681,10 @@ def report(cells: list[Cell], mode: str) -> str:
         lines += [f"    lost: {x}" for x in c.losses]
         lines += [f"    note: {n}" for n in c.notes]
         lines += [f"    step {s}" for s in c.around]
+    if trace:
+        for c in (failing_cells or [c for c in cells if c.reached]):
+            lines.append(f"\nTrace of {c.variant} k={c.k} ({c.mode}){' FAILING' if c.failed else ''}:")
+            lines += [f"  {row}" for row in c.trace]
     return "\n".join(lines)
 
 
@@ -557,6 +692,10 @@ def main(argv: list[str] | None = None) -> int:
     # RQ's maintenance in this process logs every lock and cleanup; the table is the output.
     logging.getLogger("rq").setLevel(logging.ERROR)
     logging.getLogger("dedupkit").setLevel(logging.WARNING)
+    args_in = argv if argv is not None else sys.argv[1:]
+    if args_in[:1] == ["--maintenance-loop"]:
+        logging.getLogger("rq").setLevel(logging.CRITICAL)  # RQ logs the callback errors it re-raises
+        return maintenance_loop(args_in[1])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default all")
     parser.add_argument("--mode", choices=("kill", "stop"), default="kill")
@@ -564,11 +703,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-phase", type=int, default=None, help="sample the first N steps of each phase")
     parser.add_argument("--lanes", type=int, default=2, help="cells in parallel, one redis-server each")
     parser.add_argument("--churn-seconds", type=float, default=4.0)
+    parser.add_argument("--k", type=int, action="append", default=None,
+                        help="run only this step k (repeatable); the recorded steps are still printed")
+    parser.add_argument("--repeat", type=int, default=1, help="run each chosen cell this many times")
+    parser.add_argument("--trace", action="store_true",
+                        help="print each failing cell's trace (every cell's when none failed): the victim's "
+                             "steps, every admission/cancel and its answer, every changed sample of RQ's data")
     args = parser.parse_args(argv)
     started = time.monotonic()
     cells = run_matrix(args.variant or list(VARIANTS), args.mode, args.full, args.lanes, args.churn_seconds,
-                       args.per_phase)
-    print(report(cells, args.mode))
+                       args.per_phase, only_k=args.k, repeat=args.repeat, trace=args.trace)
+    print(report(cells, args.mode, trace=args.trace))
     print(f"\n{len(cells)} cells in {time.monotonic() - started:.0f} s: "
           f"python -m tests.step_matrix {' '.join(argv if argv is not None else sys.argv[1:])}")
     return 1 if any(c.failed for c in cells) else 0

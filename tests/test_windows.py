@@ -222,4 +222,62 @@ def test_a_running_job_deleted_by_rq_leaves_a_gap_the_readme_names(dedup: Dedupl
     assert dedup.is_running("u") is (RQ_MAJOR < 3)
 
 
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_success_retried_after_a_watch_error_keeps_the_key_while_rq_may_revive_it(
+        dedup: Deduplicator, queue: Queue, monkeypatch: pytest.MonkeyPatch, retries: int) -> None:
+    """RQ's handle_job_success WATCHes the job's dependents set; a follow_up admission
+    (SADD to that set) between its WATCH and EXEC makes RQ run the transaction again. On
+    that second run RQ's worker has already dropped its execution (cleanup_execution set
+    worker.execution = None in the aborted first run), so the job is written 'finished'
+    and its execution stays in rq:wip: a lease nobody renews (found by the step matrix,
+    repeat-follow-up k=48). When it expires, RQ's StartedJobRegistry.cleanup treats the
+    finished job as abandoned: with retries left it re-queues it and the job runs again.
+    Until then the key must stay with it."""
+    from rq import Worker
+    from rq.executions import prepare_execution
+
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "w", **({"retry": Retry(max=retries)} if retries else {}))
+    worker = Worker([queue], connection=conn, name="watch-worker")
+    job = Job.fetch(adm.job_id, connection=conn)
+    conn.lrem(queue.key, 1, job.id)
+    prepare_execution(worker, job)  # the worker: execution + lease in rq:wip
+    execution = worker.execution
+    assert execution is not None
+    worker.prepare_job_execution(job)  # the horse: status 'started'
+    job.perform()
+    job.ended_at = job.started_at
+    follow_ups: list[Any] = []
+    original = Queue.enqueue_dependents
+
+    def enqueue_dependents(self: Queue, parent: Job, *args: Any, **kwargs: Any) -> Any:
+        if not follow_ups:  # inside RQ's WATCH, before its EXEC
+            follow_ups.append(dedup.enqueue("u", TASK, "next", on_conflict="follow_up"))
+        return original(self, parent, *args, **kwargs)
+
+    monkeypatch.setattr(Queue, "enqueue_dependents", enqueue_dependents)
+    worker.handle_job_success(job, queue, queue.started_job_registry)  # RQ's own, WatchError and all
+    follow_up = follow_ups[0]
+    assert follow_up.admitted and follow_up.follow_up_of == adm.job_id
+    assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.FINISHED
+    wip = queue.started_job_registry.key
+    assert conn.zscore(wip, execution.composite_key) is not None  # RQ left the execution behind
+    assert conn.lrange(queue.key, 0, -1) == [follow_up.job_id.encode()]  # RQ enqueued the follow-up
+    rqstate.run_all(queue)  # the follow-up runs and ends
+    rqstate.heartbeat(conn, queue, execution, lease=-1)  # nobody renews the lease: it expires
+    if retries:
+        assert dedup.has_pending("u") and dedup.status("u").job_id == adm.job_id
+        assert not dedup.enqueue("u", TASK, "intruder").admitted
+        assert dedup.sweep() == 0 and not dedup.cancel("u")
+    StartedJobRegistry(queue=queue).cleanup()  # RQ's maintenance
+    revived = conn.lrange(queue.key, 0, -1)
+    if retries:
+        assert revived == [adm.job_id.encode()]  # RQ runs the finished job again, alone
+        assert dedup.status("u").job_id == adm.job_id
+    else:
+        assert revived == []
+        assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.FAILED  # RQ: "abandoned"
+        assert dedup.enqueue("u", TASK, "after").admitted
+
+
 RQ_MAJOR = int(rq.__version__.split(".")[0])

@@ -97,19 +97,25 @@ local function dk_pending(K, job_id, now)
     -- 'queued' counts whether or not the id is still in the list: a worker dequeues in
     -- two steps and the id sits in neither list nor registry in between.
     return { status, enqueued_at, started_at, '' }
-  elseif status == 'scheduled' then
-    local at = redis.call('ZSCORE', K.scheduled, job_id)
-    if at then
-      return { status, enqueued_at, started_at, at }
-    elseif unsettled then
-      return { 'started', enqueued_at, started_at, '' }
-    end
+  end
+  local at = status == 'scheduled' and redis.call('ZSCORE', K.scheduled, job_id)
+  if at then
+    return { status, enqueued_at, started_at, at }
+  end
+  -- RQ's StartedJobRegistry.cleanup retries every expired entry with retries left,
+  -- whatever the job's status says (rq/registry.py StartedJobRegistry.cleanup): not only
+  -- 'started' (a dead horse) and 'scheduled' (a retry whose pipeline never ran), also
+  -- 'finished': when RQ's handle_job_success re-runs its transaction after a WatchError
+  -- (a follow-up added to the dependents set it WATCHes), the worker has already dropped
+  -- its execution, so the job ends 'finished' with its lease left in rq:wip; at expiry
+  -- RQ's cleanup re-queues it and it runs again.
+  if unsettled then
+    return { 'started', enqueued_at, started_at, '' }
+  end
+  if status == 'scheduled' then
     -- Neither in the registry nor being retried: an orphan nothing will run.
     return nil, 'gone'
   elseif status == 'started' then
-    if unsettled then
-      return { 'started', enqueued_at, started_at, '' }
-    end
     return nil, 'dead'
   elseif DK_OVER[status] then
     return nil, 'ended'
