@@ -5,10 +5,24 @@ PY := $(VENV)/bin/python
 
 .PHONY: test demo lint install system-deps clean step-matrix
 
-$(VENV)/.installed: pyproject.toml
+# The distribution was called `dedupkit` before `rq-dedupkit` (PyPI's `dedupkit` is another
+# project); a venv made before the rename still holds that editable install: drop it.
+define venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	if $(PY) -m pip show -q dedupkit >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y dedupkit; fi
+endef
+
+# `make test` (and lint, step-matrix): the package with the whole dev set.
+$(VENV)/.installed: pyproject.toml
+	$(venv)
 	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# `make demo`: only what the demo needs (the `example` extra).
+$(VENV)/.demo-installed: pyproject.toml
+	$(venv)
+	$(PY) -m pip install -q -e '.[example]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,7 +44,7 @@ test: install system-deps lint
 step-matrix: install system-deps
 	$(PY) -m tests.step_matrix --full --mode kill $(STEP_MATRIX_ARGS)
 
-demo: install
+demo: $(VENV)/.demo-installed
 	$(PY) -m examples.flask_app.demo
 
 clean:

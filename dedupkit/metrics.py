@@ -1,4 +1,4 @@
-"""Prometheus metrics for dedupkit (optional: ``pip install dedupkit[metrics]``).
+"""Prometheus metrics for dedupkit (optional: ``pip install "rq-dedupkit[metrics]"``).
 
     from prometheus_client import REGISTRY
     REGISTRY.register(DedupkitCollector([dedup]))
