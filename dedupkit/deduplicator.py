@@ -91,7 +91,9 @@ class Deduplicator:
     not an exception. Raises RedisUnavailableError when Redis cannot be reached.
 
     ``due_margin``: seconds before a scheduled job's run time from which ``cancel``
-    leaves it alone, because RQ's scheduler may already be promoting it.
+    leaves it alone, because RQ's scheduler may already be promoting it; also how long a
+    queued job that a cancel or replace found in no list (a worker popped it) may take to
+    start before it counts as lost (its worker died between its pop and its start).
     ``gc_budget``/``gc_min_age``: each admission checks up to ``gc_budget`` slots per
     request (at most 100 a call) that were not looked at for ``gc_min_age`` seconds, and
     deletes those whose job has ended.
@@ -254,7 +256,7 @@ class Deduplicator:
         self._check_eviction()
         k = self.keys
         keys = [k.slots, k.gc, k.stats, k.followups, k.queue, k.queues, k.scheduled, k.started, k.deferred,
-                k.canceled, k.last]
+                k.canceled, k.last, k.intermediate]
         args: list[Any] = [k.job_prefix, k.executions_prefix, len(batch), self.gc_budget, self.gc_min_age,
                            self.due_margin, utcformat(rq_now()), k.dependents_template, k.dependencies_template]
         for p in batch:
@@ -312,6 +314,9 @@ class Deduplicator:
         if recovered == "dead":
             logger.warning("Key %r: took over the slot of job %s's predecessor, whose worker died (heartbeat expired)",
                            p.key, job_id)
+        elif recovered == "lost":
+            logger.warning("Key %r: took over the slot of a job a worker dequeued and never started (it died "
+                           "between its pop and its start: RQ lost that job)", p.key)
         elif recovered == "gone":  # usually a finished job whose result_ttl ran out: routine
             logger.info("Key %r: took over the slot of a job whose hash is gone", p.key)
         action, _, other = note.partition(":")
@@ -482,7 +487,8 @@ class Deduplicator:
         k = self.keys
         reply = self._scripts.call(
             scripts.CANCEL,
-            [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.canceled, k.last],
+            [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.canceled, k.last,
+             k.intermediate],
             [k.job_prefix, k.executions_prefix, encode_key(norm), self.due_margin, utcformat(rq_now()),
              k.dependents_template],
         )

@@ -137,6 +137,7 @@ class KeySpace:
     followups: str  # hash: encoded dedup key -> id of the follow-up waiting for the running holder
     last: str  # hash: encoded dedup key -> "<job id>|<final status>|<ended at>" of its last run
     queue: str  # RQ queue list
+    intermediate: str  # RQ's list of ids a worker of one queue has dequeued, not yet started
     queues: str  # RQ set of queue keys
     scheduled: str  # RQ ScheduledJobRegistry
     started: str  # RQ StartedJobRegistry (rq:wip:<q>)
@@ -158,6 +159,7 @@ class KeySpace:
             followups=f"{namespace}:followups:{queue.name}",
             last=f"{namespace}:last:{queue.name}",
             queue=queue.key,
+            intermediate=queue.intermediate_queue_key,
             queues=queue.redis_queues_keys,
             scheduled=queue.scheduled_job_registry.key,
             started=queue.started_job_registry.key,

@@ -51,8 +51,9 @@ def _iso(value: datetime | None) -> str | None:
 @dataclass(frozen=True)
 class LastRun:
     """How a key's previous job ended: status is RQ's final status ('finished', 'failed',
-    'stopped', 'canceled'), 'dead' (its worker died mid-job) or 'gone' (its hash vanished
-    before dedupkit saw how it ended)."""
+    'stopped', 'canceled'), 'dead' (its worker died mid-job), 'lost' (a worker dequeued it
+    and died before starting it) or 'gone' (its hash vanished before dedupkit saw how it
+    ended)."""
 
     job_id: str
     status: str
@@ -147,7 +148,8 @@ class Admission:
     ``admitted`` is True when a new job was written; then ``job_id``/``job`` are the new
     job. On a conflict ``admitted`` is False, ``job_id`` names the pending holder,
     ``job`` is None and ``status`` says what the holder is doing. ``recovered`` names why
-    a previous holder was stale when its slot was taken over ('gone', 'ended', 'dead'),
+    a previous holder was stale when its slot was taken over ('gone', 'ended', 'dead',
+    'lost'),
     else None. ``error`` is set only by ``enqueue_many(..., raise_errors=False)``.
 
     With ``on_conflict="replace"``, ``replaced`` is the id of the job withdrawn for this

@@ -52,6 +52,10 @@ ID_PREFIX = f"job_{encode_key(KEY)}_"
 WORKER = "tests.stepkill.StepKillWorker"
 SIMPLE = "tests.stepkill.StepKillSimpleWorker"
 MONITORING_INTERVAL = 1  # s: with 2 s of slack a dead Worker's lease ends ~3 s after its last beat
+# One host, one clock: RQ's scheduler reads and writes within milliseconds, and a worker
+# starts what it popped within milliseconds, so 5 s covers both (the default 60 s allows for
+# clock skew between hosts and would outlast FREE_BOUND for a job lost between pop and start).
+DUE_MARGIN = 5.0
 FREE_BOUND = 45.0  # s after the churn ends; SimpleWorker lease 5 s + retry interval + a few runs
 STATE_WORDS = ("rq:job:", "rq:wip:", "rq:queue:", "rq:scheduled:", "rq:deferred:", "rq:finished:",
                "rq:failed:", "rq:canceled:", "rq:execution", "steplog:", "EVALSHA")
@@ -268,7 +272,7 @@ class Churn(Actor):
 
     def __init__(self, url: str, variant: Variant, ledger: Ledger, seed: int) -> None:
         super().__init__(0.0)
-        self.dedup = Deduplicator(Queue(QUEUE, connection=redis.Redis.from_url(url)))
+        self.dedup = Deduplicator(Queue(QUEUE, connection=redis.Redis.from_url(url)), due_margin=DUE_MARGIN)
         self.variant, self.ledger, self.rng = variant, ledger, random.Random(seed)
 
     def step(self) -> None:
@@ -392,7 +396,7 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
     """One cell. ``trace``: the healthy worker logs its steps too (count only), for the trace."""
     cell = Cell(variant.name, k, mode)
     conn = lane.fresh()
-    dedup = Deduplicator(Queue(QUEUE, connection=conn))
+    dedup = Deduplicator(Queue(QUEUE, connection=conn), due_margin=DUE_MARGIN)
     ledger = Ledger()
     monitor = Monitor(lane.url, QUEUE)
     monitor.start()
@@ -567,7 +571,7 @@ def _judge_unrun(cell: Cell, conn: redis.Redis, variant: Variant, final: step_ju
 def record_sequence(lane: Lane, variant: Variant) -> list[Step]:
     """A count-only run: the worker's steps for one admitted job, from the run itself."""
     conn = lane.fresh()
-    dedup = Deduplicator(Queue(QUEUE, connection=conn))
+    dedup = Deduplicator(Queue(QUEUE, connection=conn), due_margin=DUE_MARGIN)
     step_dir = Path(tempfile.mkdtemp(prefix="stepcount-"))
     variant.admit(dedup, "reject")
     worker = start_worker(lane, variant, kill_at=0, step_dir=step_dir)

@@ -8,6 +8,7 @@ callback RQ runs in the middle of its cleanup) and asks dedupkit to admit there.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -281,3 +282,51 @@ def test_a_success_retried_after_a_watch_error_keeps_the_key_while_rq_may_revive
 
 
 RQ_MAJOR = int(rq.__version__.split(".")[0])
+
+
+def _pop_and_die(queue: Queue, *others: Queue) -> str:
+    """What RQ's worker does first with several queues (or on Redis < 6.2): LPOP the id,
+    with no intermediate list. A worker killed right after it never writes again."""
+    popped = Queue.dequeue_any([queue, *others], timeout=None, connection=queue.connection)
+    assert popped is not None
+    job, _ = popped
+    assert not queue.connection.lrange(queue.intermediate_queue_key, 0, -1)
+    return str(job.id)
+
+
+def test_a_job_popped_by_a_worker_that_died_before_starting_it_frees_the_key(queue: Queue) -> None:
+    """RQ loses such a job (status 'queued' forever, in no list or registry). A cancel or
+    replace that finds it in no list marks it; still so due_margin later, it is lost and
+    the key is free (it was blocked forever: step matrix two-queues k=38/39)."""
+    dedup = Deduplicator(queue, due_margin=0.3)
+    adm = dedup.enqueue("u", TASK, "p")
+    assert _pop_and_die(queue, Queue("other", connection=queue.connection)) == adm.job_id
+    assert not dedup.cancel("u")  # could be a live worker about to start it: marked, kept
+    assert not dedup.enqueue("u", TASK, "x", on_conflict="replace").admitted
+    assert dedup.status("u").job_id == adm.job_id
+    time.sleep(0.5)
+    assert not dedup.has_pending("u") and dedup.status("u").last_run.status == "lost"  # type: ignore[union-attr]
+    taken = dedup.enqueue("u", TASK, "after")
+    assert taken.admitted and taken.recovered == "lost"
+
+
+def test_a_popped_job_that_starts_or_comes_back_is_never_taken_for_lost(queue: Queue) -> None:
+    conn = queue.connection
+    dedup = Deduplicator(queue, due_margin=0.3)
+    adm = dedup.enqueue("u", TASK, "p")
+    _pop_and_die(queue, Queue("other", connection=conn))
+    assert not dedup.cancel("u")  # marked
+    job = Job.fetch(adm.job_id, connection=conn)
+    queue._enqueue_job(job)  # back in the list the way RQ re-queues (retry, requeue): new enqueued_at
+    time.sleep(0.5)
+    assert dedup.status("u").state is JobState.QUEUED and not dedup.enqueue("u", TASK, "x").admitted
+    # Popped by a worker of one queue (intermediate list): never marked, whatever the wait.
+    Queue.dequeue_any([queue], timeout=None, connection=conn)
+    if conn.lrange(queue.intermediate_queue_key, 0, -1):
+        assert not dedup.cancel("u")
+        time.sleep(0.5)
+        assert dedup.has_pending("u")
+    # A worker that did start it: a live lease, whatever the mark says.
+    rqstate.start(conn, queue, adm.job_id, lease=30)
+    time.sleep(0.5)
+    assert dedup.is_running("u")

@@ -12,8 +12,9 @@
 --   -> {state, enqueued_at, started_at, scheduled_for}  the job holds its key; state is
 --      'queued', 'scheduled', 'deferred' or 'started' (running, or RQ must still settle it)
 --   -> nil, reason  when it no longer does; reason is 'gone' (hash gone, a bare heartbeat
---      hash, or an orphan 'scheduled'), 'ended' (a final status) or 'dead' (started, every
---      lease expired, no retries left)
+--      hash, or an orphan 'scheduled'), 'ended' (a final status), 'dead' (started, every
+--      lease expired, no retries left) or 'lost' (popped by a worker that died before
+--      starting it: see dk_lost)
 -- dk_resolve(K, field, now, write, now_text)
 --   -> holder_id, info, reason, follow_id   the slot's pending job (info nil when free),
 --      and a waiting follow-up. When the holder is over, its follow-up becomes the holder
@@ -23,7 +24,8 @@
 --   died, 'gone' when its hash vanished; ended at: RQ's ended_at, else now_text)
 -- dk_withdraw(K, job_id, info, now, due_margin)
 --   -> 'cancelled' | 'running' | 'dequeued' | 'due'   take a pending job out of RQ as
---      RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe.
+--      RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe;
+--      a queued job found in no list is marked for dk_lost (needs K.intermediate).
 
 local function dk_now()
   local t = redis.call('TIME')
@@ -61,6 +63,25 @@ local function dk_lease(K, job_id, now)
   return found
 end
 
+-- A queued job in no list has been popped by a worker, which starts it within
+-- milliseconds (its execution appears) unless it died in between. A worker of one queue
+-- moves the id into rq:queue:<q>:intermediate, which RQ's maintenance later fails; a
+-- worker of several queues (or on Redis < 6.2) LPOPs it, and a death between that pop
+-- and its start loses the job with no trace RQ would ever act on: 'queued' forever. The
+-- scripts that look for the id in the list (cancel, replace) mark such a job in its own
+-- hash, "<its enqueued_at>|<lost from>": past that time, still queued, still in no list
+-- and without an execution, it is lost. RQ's retry, repeat and requeue write a new
+-- enqueued_at, which voids the mark.
+local DK_ADRIFT = 'dedupkit_adrift'
+
+local function dk_lost(mark, enqueued_at, now)
+  if not mark then
+    return false
+  end
+  local since, lost_from = string.match(mark, '^(.*)|([^|]*)$')
+  return since == enqueued_at and tonumber(lost_from) ~= nil and tonumber(lost_from) <= now
+end
+
 -- RQ's final statuses. 'created' is a job nothing has enqueued (RQ pushes no job
 -- without setting 'queued' first).
 local DK_OVER = { finished = true, failed = true, stopped = true, canceled = true, created = true }
@@ -74,7 +95,7 @@ local DK_OVER = { finished = true, failed = true, stopped = true, canceled = tru
 --      'ended' (a final status) or 'dead' (started, lease expired, no retries left)
 local function dk_pending(K, job_id, now)
   local f = redis.call('HMGET', K.job_prefix .. job_id, 'status', 'origin', 'enqueued_at', 'started_at',
-    'retries_left')
+    'retries_left', DK_ADRIFT)
   local status = f[1]
   -- 'origin' is written with every job; a hash without it is a heartbeat ghost (rq#1450).
   local whole = status and f[2]
@@ -95,7 +116,11 @@ local function dk_pending(K, job_id, now)
   local unsettled = lease == 'expired' and (tonumber(f[5]) or 0) > 0
   if status == 'queued' or status == 'deferred' then
     -- 'queued' counts whether or not the id is still in the list: a worker dequeues in
-    -- two steps and the id sits in neither list nor registry in between.
+    -- two steps and the id sits in neither list nor registry in between. Unless
+    -- dk_adrift found it in no list, without an execution, and that is long past.
+    if status == 'queued' and not lease and dk_lost(f[6], enqueued_at, now) then
+      return nil, 'lost'
+    end
     return { status, enqueued_at, started_at, '' }
   end
   local at = status == 'scheduled' and redis.call('ZSCORE', K.scheduled, job_id)
@@ -148,7 +173,7 @@ local function dk_remember(K, field, job_id, reason, now_text)
   end
   local f = redis.call('HMGET', K.job_prefix .. job_id, 'status', 'ended_at')
   local status = f[1] or 'gone'
-  if reason == 'dead' or reason == 'gone' then
+  if reason == 'dead' or reason == 'gone' or reason == 'lost' then
     status = reason
   end
   local ended = f[2]
@@ -198,12 +223,26 @@ local function dk_resolve(K, field, now, write, enqueued_at)
   return follow, nil, freason, nil
 end
 
+-- Called when a queued job is not in the queue list: mark it (see dk_lost) unless a
+-- worker visibly holds it (the intermediate list, or an execution RQ will settle).
+local function dk_adrift(K, job_id, info, now, margin)
+  local job_key = K.job_prefix .. job_id
+  if redis.call('EXISTS', K.exec_prefix .. job_id) == 1 or redis.call('LPOS', K.intermediate, job_id) then
+    return
+  end
+  local mark = redis.call('HGET', job_key, DK_ADRIFT)
+  if not mark or string.sub(mark, 1, #info[2] + 1) ~= info[2] .. '|' then
+    redis.call('HSET', job_key, DK_ADRIFT, info[2] .. '|' .. (now + margin))
+  end
+end
+
 local function dk_withdraw(K, job_id, info, now, due_margin)
   local status = info[1]
   if status == 'started' then
     return 'running'
   elseif status == 'queued' then
     if redis.call('LREM', K.queue, 1, job_id) == 0 then
+      dk_adrift(K, job_id, info, now, due_margin)
       return 'dequeued'
     end
   elseif status == 'scheduled' then

@@ -26,10 +26,11 @@
 -- KEYS[9]  deferred zset    rq:deferred:<q>
 -- KEYS[10] canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
 -- KEYS[11] last-run hash    <ns>:last:<q>, field = encoded key, value = "<job id>|<status>|<ended at>"
--- KEYS[12..] job hash       rq:job:<new job id>, one per request, in request order
+-- KEYS[12] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
+-- KEYS[13..] job hash       rq:job:<new job id>, one per request, in request order
 -- ARGV[1]  job key prefix   "rq:job:" (for holders' ids, which Python cannot know)
 -- ARGV[2]  executions prefix "rq:executions:"
--- ARGV[3]  n                number of requests (= #KEYS - 11)
+-- ARGV[3]  n                number of requests (= #KEYS - 12)
 -- ARGV[4]  gc budget        slots to check per request (of the least recently checked;
 --                           at most 100 a call, or the budget itself if larger; >= 0)
 -- ARGV[5]  gc min age       seconds a slot must be unchecked before gc looks at it
@@ -61,14 +62,15 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[7], started = KEYS[8],
-  deferred = KEYS[9], canceled = KEYS[10], last = KEYS[11], job_prefix = ARGV[1], exec_prefix = ARGV[2],
+  deferred = KEYS[9], canceled = KEYS[10], last = KEYS[11], intermediate = KEYS[12], job_prefix = ARGV[1],
+  exec_prefix = ARGV[2],
   dependents = ARGV[8],
 }
 local dependencies_tpl = ARGV[9]
 local gc_key, stats_key, queues_key = KEYS[2], KEYS[3], KEYS[6]
 local n, gc_budget, gc_min_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local due_margin, now_text = tonumber(ARGV[6]), ARGV[7]
-local FIXED_KEYS, FIRST_REQUEST = 11, 10
+local FIXED_KEYS, FIRST_REQUEST = 12, 10
 
 if n ~= #KEYS - FIXED_KEYS then
   return redis.error_reply('ERR admit.lua: ARGV[3]=' .. tostring(ARGV[3]) .. ' but ' .. (#KEYS - FIXED_KEYS)

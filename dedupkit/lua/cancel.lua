@@ -5,7 +5,9 @@
 -- follow-up waits, the follow-up is what is cancelled. Not cancelled:
 --   running  - the job runs; only RQ's stop command may touch it (Python sends it)
 --   dequeued - status 'queued' but no longer in the list: a worker took it between its
---              two dequeue steps and will start it; freeing the slot would admit a twin
+--              two dequeue steps and will start it; freeing the slot would admit a twin.
+--              Found in no list at all, it is marked (dk_adrift): still so ARGV[4]
+--              seconds later, its worker died between pop and start and the key is free
 --   due      - scheduled to run within ARGV[4] seconds: RQ's scheduler may already have
 --              read it and would re-queue it after we removed it (its promotion is not
 --              atomic), so the slot must stay
@@ -20,6 +22,7 @@
 -- KEYS[8]  deferred zset    rq:deferred:<q>
 -- KEYS[9]  canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
 -- KEYS[10] last-run hash    <ns>:last:<q>
+-- KEYS[11] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
 -- ARGV[1]  job key prefix   "rq:job:"
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3]  field            encoded dedup key
@@ -31,7 +34,8 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], canceled = KEYS[9], last = KEYS[10], job_prefix = ARGV[1], exec_prefix = ARGV[2],
+  deferred = KEYS[8], canceled = KEYS[9], last = KEYS[10], intermediate = KEYS[11], job_prefix = ARGV[1],
+  exec_prefix = ARGV[2],
   dependents = ARGV[6],
 }
 local gc_key, stats_key = KEYS[2], KEYS[3]
