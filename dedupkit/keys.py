@@ -6,17 +6,26 @@ keys derived from a holder's job id, RQ's own prefix) from here.
 
 from __future__ import annotations
 
+import importlib
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from rq import Queue
 from rq.executions import ExecutionRegistry
 
 from .errors import InvalidKeyError, InvalidRequestError
+
+try:  # RQ 3: rate limits (RateLimit(key, concurrency)); RQ 2 has none
+    _rate_limit: Any = importlib.import_module("rq.rate_limit")
+except ImportError:  # pragma: no cover - RQ 2
+    _rate_limit = None
+RateLimit: Any = getattr(_rate_limit, "RateLimit", None)
+RateLimitRegistry: Any = getattr(_rate_limit, "RateLimitRegistry", None)
+
 
 Key: TypeAlias = str | int
 """A dedup key: a non-empty str (at most 512 UTF-8 bytes) or an int; 123 == "123"."""
@@ -146,6 +155,7 @@ class KeySpace:
     executions_prefix: str  # RQ per-job executions zset prefix, "rq:executions:"
     dependents_template: str  # string.format template of a job's dependents set, "rq:job:%s:dependents"
     dependencies_template: str  # ... of a job's dependencies set, "rq:job::%s:dependencies" (sic, RQ 2.12)
+    rate_limited_template: str  # RQ 3: ... of a rate limit's waiting zset, "rq:rl:%s:rate_limited"; '' on RQ 2
 
     @classmethod
     def for_queue(cls, queue: Queue, namespace: str) -> KeySpace:
@@ -168,6 +178,7 @@ class KeySpace:
             dependents_template=_lua_template(queue.job_class.dependents_key_for),
             dependencies_template=_lua_template(
                 lambda job_id: queue.job_class(job_id, connection=queue.connection).dependencies_key),
+            rate_limited_template=_rate_limited_template(queue),
         )
 
     def job_key(self, job_id: str) -> str:
@@ -186,3 +197,10 @@ def _lua_template(key_for: Callable[[str], str]) -> str:
     if key.count(marker) != 1:
         raise AssertionError(f"cannot derive a key template from {key!r}")
     return key.replace("%", "%%").replace(marker, "%s")
+
+
+def _rate_limited_template(queue: Queue) -> str:
+    """RQ 3's key of a rate limit's waiting zset, as a template of the limit's key; '' on RQ 2."""
+    if RateLimitRegistry is None:
+        return ""
+    return _lua_template(lambda key: str(RateLimitRegistry(key, connection=queue.connection).rate_limited_key))

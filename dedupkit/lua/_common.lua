@@ -1,8 +1,9 @@
 -- _common.lua: helpers shared by every dedupkit script; Python prepends this file to
 -- admit.lua, status.lua, cancel.lua, sweep.lua and adopt.lua when it loads them. It
 -- reads no KEYS or ARGV: each script passes its keys in a table K = {slots, followups, last, queue, scheduled,
--- started, deferred, canceled, job_prefix, exec_prefix, dependents} (entries a script does
--- not need are nil; 'dependents' is RQ's string.format template of a job's dependents set;
+-- started, deferred, canceled, job_prefix, exec_prefix, dependents, rate_limited} (entries a
+-- script does not need are nil; 'dependents' is RQ's string.format template of a job's
+-- dependents set, 'rate_limited' RQ 3's template of a rate limit's waiting zset, '' on RQ 2;
 -- 'last' is the hash of each key's last run, "<job id>|<final status>|<ended at>").
 --
 -- dk_now()        Redis server time, epoch seconds (float). The scripts trust this clock
@@ -10,7 +11,8 @@
 -- dk_lease(K, job_id, now) -> 'live' | 'expired' | nil   the job's RQ execution leases
 -- dk_pending(K, job_id, now)     THE rule for "pending", used by every script:
 --   -> {state, enqueued_at, started_at, scheduled_for}  the job holds its key; state is
---      'queued', 'scheduled', 'deferred' or 'started' (running, or RQ must still settle it)
+--      'queued', 'scheduled', 'deferred', 'started' (running, or RQ must still settle it),
+--      or RQ 3's 'ready_to_enqueue' / 'rate_limited'
 --   -> nil, reason  when it no longer does; reason is 'gone' (hash gone, a bare heartbeat
 --      hash, or an orphan 'scheduled'), 'ended' (a final status) or 'dead' (started, every
 --      lease expired, no retries left)
@@ -22,8 +24,8 @@
 --   record a holder that is over as the key's last run (status 'dead' when its worker
 --   died, 'gone' when its hash vanished; ended at: RQ's ended_at, else now_text)
 -- dk_withdraw(K, job_id, info, now, due_margin)
---   -> 'cancelled' | 'running' | 'dequeued' | 'due'   take a pending job out of RQ as
---      RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe.
+--   -> 'cancelled' | 'running' | 'dequeued' | 'due' | 'ready'   take a pending job out of
+--      RQ as RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe.
 
 local function dk_now()
   local t = redis.call('TIME')
@@ -65,11 +67,22 @@ end
 -- without setting 'queued' first).
 local DK_OVER = { finished = true, failed = true, stopped = true, canceled = true, created = true }
 
+-- RQ 3's two new statuses; both hold the key (RQ runs the job later on its own):
+--   ready_to_enqueue  a dependent (a follow-up) whose holder has ended: RQ 3 moved it from
+--                     the deferred registry to rq:ready:<q> and is pushing it onto the queue
+--                     (ReadyJobRegistry.enqueue_jobs; its maintenance finishes the move if
+--                     that worker died). Reported as 'queued'; cancel refuses it ('ready').
+--   rate_limited      waiting in rq:rl:<rate limit key>:rate_limited for a slot of its
+--                     RateLimit; RQ's own scripts promote it to 'queued'. cancel withdraws
+--                     it as RQ's Job.cancel does (out of that zset, status 'canceled').
+local DK_WAITING = { ready_to_enqueue = true, rate_limited = true }
+
 -- THE rule: does job_id still hold its key? A job holds it while RQ's data says it may
 -- still run. Every path that reads or frees a slot asks this function and nothing else.
 -- See the README's guarantee table for the reasoning behind each line.
 --   -> {state, enqueued_at, started_at, scheduled_for}  pending; state is 'queued',
---      'scheduled', 'deferred' or 'started' (running, or RQ still has to settle it)
+--      'scheduled', 'deferred', 'started' (running, or RQ still has to settle it),
+--      'ready_to_enqueue' or 'rate_limited' (RQ 3, see DK_WAITING)
 --   -> nil, reason  over: 'gone' (no hash / a heartbeat ghost / an orphan 'scheduled'),
 --      'ended' (a final status) or 'dead' (started, lease expired, no retries left)
 local function dk_pending(K, job_id, now)
@@ -113,6 +126,8 @@ local function dk_pending(K, job_id, now)
     return nil, 'dead'
   elseif DK_OVER[status] then
     return nil, 'ended'
+  elseif DK_WAITING[status] then
+    return { status, enqueued_at, started_at, '' }
   end
   -- A status this script does not know (a newer RQ's): fail closed, as waiting to run.
   return { 'queued', enqueued_at, started_at, '' }
@@ -205,6 +220,18 @@ local function dk_withdraw(K, job_id, info, now, due_margin)
       return 'due'
     end
     redis.call('ZREM', K.scheduled, job_id)
+  elseif status == 'ready_to_enqueue' then
+    -- RQ 3 is moving it onto the queue (its WATCHed ReadyJobRegistry.enqueue_jobs): like
+    -- a just-dequeued job, it is about to run.
+    return 'ready'
+  elseif status == 'rate_limited' then
+    -- What RQ 3's Job.cancel does for a waiting rate-limited job: out of the waiting
+    -- zset (RateLimitRegistry.cancel). It held no slot of the limit, so none is freed.
+    -- RQ's promotion is a script too: it cannot interleave with this one.
+    local rl_key = redis.call('HGET', K.job_prefix .. job_id, 'rate_limit_key')
+    if rl_key and K.rate_limited and K.rate_limited ~= '' then
+      redis.call('ZREM', string.format(K.rate_limited, rl_key), job_id)
+    end
   elseif status == 'deferred' then
     redis.call('ZREM', K.deferred, job_id)
     local parent = redis.call('HGET', K.job_prefix .. job_id, 'dependency_id')

@@ -26,13 +26,18 @@
 -- ARGV[4]  due margin       seconds; a scheduled job due before now + margin is kept
 -- ARGV[5]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
 -- ARGV[6]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
+-- ARGV[7]  rate-limited tpl RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited"; '' on RQ 2
+--   ready    - (RQ 3) status 'ready_to_enqueue': RQ is moving it from rq:ready:<q> onto the
+--              queue right now (a follow-up whose holder ended); it runs
+-- A rate-limited job (RQ 3, status 'rate_limited') is withdrawn as RQ's Job.cancel does:
+-- removed from its rate limit's waiting zset, status 'canceled'.
 -- Reply: {outcome, job_id, rq_status} with outcome one of
---   'cancelled', 'free' (nothing pending; job_id may be ''), 'running', 'dequeued', 'due'
+--   'cancelled', 'free' (nothing pending; job_id may be ''), 'running', 'dequeued', 'due', 'ready'
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
   deferred = KEYS[8], canceled = KEYS[9], last = KEYS[10], job_prefix = ARGV[1], exec_prefix = ARGV[2],
-  dependents = ARGV[6],
+  dependents = ARGV[6], rate_limited = ARGV[7],
 }
 local gc_key, stats_key = KEYS[2], KEYS[3]
 local field, due_margin, now_text = ARGV[3], tonumber(ARGV[4]), ARGV[5]
@@ -49,10 +54,14 @@ if not info then
 end
 
 if follow then
-  dk_withdraw(K, follow, dk_pending(K, follow, now), now, due_margin)
+  local finfo = dk_pending(K, follow, now)
+  local outcome = dk_withdraw(K, follow, finfo, now, due_margin)
+  if outcome ~= 'cancelled' then
+    return { outcome, follow, finfo[1] }
+  end
   redis.call('HDEL', K.followups, field)
   redis.call('HINCRBY', stats_key, 'cancelled', 1)
-  return { 'cancelled', follow, 'deferred' }
+  return { 'cancelled', follow, finfo[1] }
 end
 
 local outcome = dk_withdraw(K, holder, info, now, due_margin)
