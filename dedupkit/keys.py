@@ -161,12 +161,16 @@ class KeySpace:
     def for_queue(cls, queue: Queue, namespace: str) -> KeySpace:
         if not isinstance(namespace, str) or not namespace or any(c in namespace for c in " {}\n"):
             raise InvalidRequestError(f"namespace {namespace!r} must be a non-empty string without spaces or braces")
+        # RQ 3's RQ_KEY_PREFIX may carry a Redis Cluster hash tag ("{rq}"): every RQ key is
+        # then in one slot, and dedupkit's keys join it, since each script touches both.
+        tag = hash_tag(queue.redis_queue_namespace_prefix)
+        base = f"{tag}:{namespace}" if tag else namespace
         return cls(
-            slots=f"{namespace}:slots:{queue.name}",
-            gc=f"{namespace}:gc:{queue.name}",
-            stats=f"{namespace}:stats:{queue.name}",
-            followups=f"{namespace}:followups:{queue.name}",
-            last=f"{namespace}:last:{queue.name}",
+            slots=f"{base}:slots:{queue.name}",
+            gc=f"{base}:gc:{queue.name}",
+            stats=f"{base}:stats:{queue.name}",
+            followups=f"{base}:followups:{queue.name}",
+            last=f"{base}:last:{queue.name}",
             queue=queue.key,
             queues=queue.redis_queues_keys,
             scheduled=queue.scheduled_job_registry.key,
@@ -183,6 +187,13 @@ class KeySpace:
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id
+
+
+def hash_tag(key: str) -> str:
+    """The Redis Cluster hash tag of ``key`` ("{rq}" of "{rq}:queue:"), or '' if it has none."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start:end + 1] if end > start + 1 else ""
 
 
 def scheduler_lease_key(namespace: str, queue_name: str, name: str) -> str:
