@@ -313,6 +313,9 @@ class Deduplicator:
         _raise_refusal(admissions)
         if limited:
             admissions = self._acquire_rate_limits(batch, admissions)
+        for admission in admissions:
+            if admission.replaced:
+                self._release_rate_limit(admission.replaced)
         if not self.queue.is_async:
             admissions = [inline.run(self, admission) for admission in admissions]
         return admissions
@@ -350,6 +353,18 @@ class Deduplicator:
                 a = replace(a, status=replace(a.status, state=JobState.QUEUED, enqueued_at=promoted[a.job_id]))
             out.append(a)
         return out
+
+    def _release_rate_limit(self, job_id: str) -> None:
+        """After dedupkit cancelled ``job_id``: if it had an RQ 3 rate limit, do what RQ's
+        ``Job.cancel`` does next (``RateLimitRegistry.cancel``: free the limit's slot the job
+        held, if it held one, and promote the oldest waiting job). A no-op on RQ 2."""
+        if RateLimitRegistry is None:
+            return
+        with scripts.redis_errors():
+            raw = self.connection.hget(self.keys.job_key(job_id), "rate_limit_key")
+            if raw:
+                rl_key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                RateLimitRegistry(rl_key, connection=self.connection).cancel(job_id)
 
     def _check_eviction(self) -> None:
         """Refuse to admit on a server that may evict keys, unless allowed; asked once."""
@@ -573,6 +588,7 @@ class Deduplicator:
         outcome, job_id = reply[0].decode(), reply[1].decode()
         if outcome == "cancelled":
             logger.info("Key %r: cancelled job %s", norm, job_id)
+            self._release_rate_limit(job_id)
             return True
         if outcome == "running" and stop_running:
             return self._stop(norm, job_id)

@@ -143,6 +143,25 @@ def test_cancel_and_replace_withdraw_a_rate_limited_job_as_rq_cancel_does(dedup:
 
 
 @pytest.mark.parametrize("_", [pytest.param(None, marks=rq3_only)])
+def test_cancelling_a_queued_rate_limited_job_frees_its_limit_slot_as_rq_does(dedup: Deduplicator, queue: Queue,
+                                                                              _: None) -> None:
+    from rq.rate_limit import RateLimit, RateLimitRegistry
+
+    conn = queue.connection
+    limit = RateLimit("mail", 1)
+    first = dedup.enqueue("a", TASK, "a", rate_limit=limit)
+    waiting = dedup.enqueue("b", TASK, "b", rate_limit=limit)
+    registry = RateLimitRegistry("mail", connection=conn)
+    assert dedup.cancel("a") is True and _status(conn, first.job_id) == "canceled"
+    # RQ's RateLimitRegistry.cancel ran after the script: the slot went to the waiting job.
+    assert registry.get_allowed_job_ids() == [waiting.job_id] and registry.get_rate_limited_job_ids() == []
+    assert queue.get_job_ids() == [waiting.job_id] and dedup.is_queued("b")
+    replaced = dedup.enqueue("b", TASK, "b2", on_conflict="replace")
+    assert replaced.admitted and replaced.replaced == waiting.job_id
+    assert registry.get_allowed_job_ids() == []
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=rq3_only)])
 def test_rate_limit_with_a_schedule_runs_through_rqs_scheduler(dedup: Deduplicator, queue: Queue, _: None) -> None:
     from rq.rate_limit import RateLimit
 
