@@ -133,10 +133,13 @@ local function dk_pending(K, job_id, now)
   return { 'queued', enqueued_at, started_at, '' }
 end
 
--- RQ enqueues a deferred job when the job it depends on ends. When that job died with
--- its worker (RQ would wait for its 10-minute maintenance) or its worker died between
--- marking it failed and enqueueing dependents, do what enqueue_dependents does. RQ's own
--- enqueue_dependents WATCHes the dependents set we change, so it cannot enqueue it twice.
+-- RQ enqueues a deferred job when the job it depends on ends (RQ 3 by way of its ready
+-- registry: deferred -> 'ready_to_enqueue' -> queued). When that job died with its worker
+-- (RQ would wait for its 10-minute maintenance) or its worker died between marking it
+-- failed and enqueueing dependents, do what RQ's enqueue of a deferred job does (RQ 2 and
+-- RQ 3 alike: out of the deferred registry, 'queued', pushed). RQ 2's enqueue_dependents
+-- and RQ 3's move_dependents_to_ready both WATCH the dependents set we change (and read
+-- it again on a retry), so neither can enqueue it a second time.
 local function dk_release(K, job_id, parent_id, enqueued_at)
   local job_key = K.job_prefix .. job_id
   redis.call('ZREM', K.deferred, job_id)
