@@ -183,3 +183,30 @@ def test_rate_limit_refusals(dedup: Deduplicator, _: None) -> None:
     with pytest.raises(InvalidRequestError, match="synchronous"):
         inline.enqueue("u", TASK, rate_limit=RateLimit("mail", 1))
     assert not dedup.has_pending("u")
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=rq3_only)])
+def test_a_release_between_rqs_read_and_write_of_the_dependents_aborts_rqs_move(dedup: Deduplicator,
+                                                                               queue: Queue, _: None) -> None:
+    """RQ 3's worker moves dependents to ready in a transaction WATCHing the dependents set.
+    If dedupkit releases the follow-up of a dead holder in between, RQ's EXEC fails and its
+    retry finds no dependent: the follow-up is queued once."""
+    from redis.exceptions import WatchError
+
+    conn = queue.connection
+    running = dedup.enqueue("u", TASK, "first")
+    execution = rqstate.start(conn, queue, running.job_id)
+    follow = dedup.enqueue("u", TASK, "second", on_conflict="follow_up")
+    job = Job.fetch(running.job_id, connection=conn)
+    with conn.pipeline() as pipe:
+        pipe.watch(job.dependents_key)
+        moved = queue.move_dependents_to_ready(job, pipeline=pipe)  # RQ read the dependents: ours is there
+        assert moved == {queue.name: [follow.job_id]}
+        rqstate.heartbeat(conn, queue, execution, lease=-1)  # meanwhile the holder's lease ran out
+        assert not dedup.enqueue("u", TASK, "x").admitted  # this call releases the follow-up
+        assert queue.get_job_ids() == [follow.job_id]
+        with pytest.raises(WatchError):
+            pipe.execute()
+    assert queue.move_dependents_to_ready(job) == {}  # RQ's retry: nothing left to move
+    assert queue.get_job_ids() == [follow.job_id] and _status(conn, follow.job_id) == "queued"
+    assert conn.zcard(queue.ready_job_registry.key) == 0
