@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The oldest RQ 2.x that pyproject allows: the real-Redis core also runs on it (issue 11).
 RQ2_VENV ?= .venv-rq2
-RQ2_VERSION ?= 2.8.0
+RQ2_VERSION ?= 2.10.0
 PY2 := $(RQ2_VENV)/bin/python
 CORE_REAL := tests/test_windows.py tests/test_race_real.py tests/test_model.py tests/test_faults_real.py \
 	tests/test_real_workers.py
