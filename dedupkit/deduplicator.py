@@ -313,9 +313,9 @@ class Deduplicator:
         _raise_refusal(admissions)
         if limited:
             admissions = self._acquire_rate_limits(batch, admissions)
-        for admission in admissions:
-            if admission.replaced:
-                self._release_rate_limit(admission.replaced)
+        for reply in replies:
+            if reply[0] == b"admitted" and reply[8]:
+                self._release_rate_limit(reply[7].decode().partition(":")[2], reply[8].decode())
         if not self.queue.is_async:
             admissions = [inline.run(self, admission) for admission in admissions]
         return admissions
@@ -354,17 +354,14 @@ class Deduplicator:
             out.append(a)
         return out
 
-    def _release_rate_limit(self, job_id: str) -> None:
-        """After dedupkit cancelled ``job_id``: if it had an RQ 3 rate limit, do what RQ's
-        ``Job.cancel`` does next (``RateLimitRegistry.cancel``: free the limit's slot the job
-        held, if it held one, and promote the oldest waiting job). A no-op on RQ 2."""
-        if RateLimitRegistry is None:
+    def _release_rate_limit(self, job_id: str, rate_limit_key: str) -> None:
+        """After a script cancelled ``job_id``, which had RQ 3 rate limit ``rate_limit_key``: do
+        what RQ's ``Job.cancel`` does next (``RateLimitRegistry.cancel``: free the limit's slot
+        the job held, if it held one, and promote the oldest waiting job)."""
+        if RateLimitRegistry is None or not job_id or not rate_limit_key:
             return
         with scripts.redis_errors():
-            raw = self.connection.hget(self.keys.job_key(job_id), "rate_limit_key")
-            if raw:
-                rl_key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                RateLimitRegistry(rl_key, connection=self.connection).cancel(job_id)
+            RateLimitRegistry(rate_limit_key, connection=self.connection).cancel(job_id)
 
     def _check_eviction(self) -> None:
         """Refuse to admit on a server that may evict keys, unless allowed; asked once."""
@@ -590,7 +587,7 @@ class Deduplicator:
         outcome, job_id = reply[0].decode(), reply[1].decode()
         if outcome == "cancelled":
             logger.info("Key %r: cancelled job %s", norm, job_id)
-            self._release_rate_limit(job_id)
+            self._release_rate_limit(job_id, reply[3].decode())
             return True
         if outcome == "running" and stop_running:
             return self._stop(norm, job_id)

@@ -52,8 +52,10 @@
 --          nfields          number of job hash field/value pairs that follow
 --          field, value...  2 * nfields strings, the RQ job hash (status already set)
 -- Reply: one array per request (9 fields):
---   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, ''}
+--   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, replaced_rl}
 --     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead');
+--     replaced_rl = the replaced job's RQ 3 rate limit key, '' if none (Python then runs
+--     RQ's RateLimitRegistry.cancel for it, as RQ's Job.cancel does);
 --     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>' | 'replayed'
 --     (a replay: rq_status .. scheduled_for describe the job now, all '' once it ended)
 --   {'conflict', holder_id, rq_status, enqueued_at, started_at, scheduled_for, '', note, follow_up_id}
@@ -114,10 +116,11 @@ local function decide(i, pos, last)
     return { 'collision', job_id, '', '', '', '', '', '', '' }
   end
 
-  local admit, note, parent = (info == nil), '', nil
+  local admit, note, parent, replaced_rl = (info == nil), '', nil, ''
   if info and policy == 'replace' then
     local outcome = dk_withdraw(K, holder, info, now, due_margin)
     if outcome == 'cancelled' then
+      replaced_rl = redis.call('HGET', K.job_prefix .. holder, 'rate_limit_key') or ''
       dk_remember(K, field, holder, nil, now_text)
       -- A waiting follow-up belongs to the holder being replaced: it goes too (a deferred
       -- job always can; one RQ 3 already moved on is left to run and keeps its entry).
@@ -199,7 +202,7 @@ local function decide(i, pos, last)
     end
     redis.call('ZADD', gc_key, now, field)
     count('admitted')
-    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, '' }
+    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, replaced_rl }
   end
 end
 

@@ -31,8 +31,10 @@
 --              queue right now (a follow-up whose holder ended); it runs
 -- A rate-limited job (RQ 3, status 'rate_limited') is withdrawn as RQ's Job.cancel does:
 -- removed from its rate limit's waiting zset, status 'canceled'.
--- Reply: {outcome, job_id, rq_status} with outcome one of
---   'cancelled', 'free' (nothing pending; job_id may be ''), 'running', 'dequeued', 'due', 'ready'
+-- Reply: {outcome, job_id, rq_status, rate_limit_key} with outcome one of
+--   'cancelled', 'free' (nothing pending; job_id may be ''), 'running', 'dequeued', 'due', 'ready';
+--   rate_limit_key: the cancelled job's RQ 3 rate limit ('' if none, or not cancelled), so
+--   Python runs RQ's RateLimitRegistry.cancel only then
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
@@ -50,26 +52,26 @@ if not info then
     redis.call('HDEL', K.slots, field)
     redis.call('ZREM', gc_key, field)
   end
-  return { 'free', holder or '', '' }
+  return { 'free', holder or '', '', '' }
 end
 
 if follow then
   local finfo = dk_pending(K, follow, now)
   local outcome = dk_withdraw(K, follow, finfo, now, due_margin)
   if outcome ~= 'cancelled' then
-    return { outcome, follow, finfo[1] }
+    return { outcome, follow, finfo[1], '' }
   end
   redis.call('HDEL', K.followups, field)
   redis.call('HINCRBY', stats_key, 'cancelled', 1)
-  return { 'cancelled', follow, finfo[1] }
+  return { 'cancelled', follow, finfo[1], redis.call('HGET', K.job_prefix .. follow, 'rate_limit_key') or '' }
 end
 
 local outcome = dk_withdraw(K, holder, info, now, due_margin)
 if outcome ~= 'cancelled' then
-  return { outcome, holder, info[1] }
+  return { outcome, holder, info[1], '' }
 end
 dk_remember(K, field, holder, nil, now_text)
 redis.call('HDEL', K.slots, field)
 redis.call('ZREM', gc_key, field)
 redis.call('HINCRBY', stats_key, 'cancelled', 1)
-return { 'cancelled', holder, info[1] }
+return { 'cancelled', holder, info[1], redis.call('HGET', K.job_prefix .. holder, 'rate_limit_key') or '' }
