@@ -2,8 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The oldest RQ 2.x that pyproject allows: the real-Redis core also runs on it (issue 11).
+RQ2_VENV ?= .venv-rq2
+RQ2_VERSION ?= 2.10.0
+PY2 := $(RQ2_VENV)/bin/python
+CORE_REAL := tests/test_windows.py tests/test_race_real.py tests/test_model.py tests/test_faults_real.py \
+	tests/test_real_workers.py
 
-.PHONY: test demo lint install system-deps clean step-matrix
+.PHONY: test test-rq2 demo lint install install-rq2 system-deps clean step-matrix
 
 # The distribution was called `dedupkit` before `rq-dedupkit` (PyPI's `dedupkit` is another
 # project); a venv made before the rename still holds that editable install: drop it.
@@ -27,6 +33,14 @@ $(VENV)/.demo-installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+$(RQ2_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(RQ2_VENV)
+	$(PY2) -m pip install -q --upgrade pip
+	$(PY2) -m pip install -q -e . 'rq==$(RQ2_VERSION)' 'pytest>=8' 'hypothesis>=6.100' 'fakeredis[lua]>=2.26' 'lupa>=2'
+	touch $@
+
+install-rq2: $(RQ2_VENV)/.installed
+
 system-deps:
 	./scripts/ensure-system-deps.sh
 
@@ -34,10 +48,16 @@ lint: install
 	$(PY) -m ruff check dedupkit tests examples benchmarks
 	$(PY) -m mypy
 
-# All tests: unit (fakeredis), real redis-server + real rq workers, browser. A skipped
-# real-Redis test fails the run (DEDUPKIT_REQUIRE_REAL=1).
+# All tests: unit (fakeredis), real redis-server + real rq workers, browser, on the RQ a
+# fresh install gets (RQ 3); then the real-Redis core on the oldest supported RQ 2.x. A
+# skipped real-Redis test fails the run (DEDUPKIT_REQUIRE_REAL=1).
 test: install system-deps lint
 	DEDUPKIT_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-rq2
+
+test-rq2: install-rq2 system-deps
+	$(PY2) -c 'import rq; assert rq.VERSION == "$(RQ2_VERSION)", rq.VERSION'
+	DEDUPKIT_REQUIRE_REAL=1 $(PY2) -m pytest -p no:cacheprovider $(CORE_REAL) $(PYTEST_ARGS)
 
 # Stop real rq workers after every Redis step they send, in every variant, then judge the key
 # from RQ's own data (tests/step_matrix.py; issue 9). Long: every step of every variant.
@@ -48,4 +68,4 @@ demo: $(VENV)/.demo-installed
 	$(PY) -m examples.flask_app.demo
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(RQ2_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -27,7 +27,17 @@ from .errors import (
     RedisRefusedError,
     ScriptError,
 )
-from .keys import Key, KeySpace, decode_key, encode_key, generate_job_id, normalize_key, validate_prefix
+from .keys import (
+    Key,
+    KeySpace,
+    RateLimit,
+    RateLimitRegistry,
+    decode_key,
+    encode_key,
+    generate_job_id,
+    normalize_key,
+    validate_prefix,
+)
 from .models import Admission, EnqueueRequest, JobState, LastRun, RequeueResult, SlotStatus
 
 logger = logging.getLogger("dedupkit")
@@ -47,12 +57,13 @@ POLICIES = ("reject", "replace", "follow_up")
 class _Prepared:
     """A request turned into the exact strings admit.lua writes."""
 
-    __slots__ = ("field", "job", "key", "mode", "pairs", "policy", "run_at", "ttl")
+    __slots__ = ("field", "job", "key", "mode", "pairs", "policy", "rate_limit", "run_at", "ttl")
 
     def __init__(self, key: str, field: str, job: Job, mode: str, run_at: str, ttl: int, policy: str,
                  pairs: list[Any]):
         self.key, self.field, self.job, self.mode = key, field, job, mode
         self.run_at, self.ttl, self.policy, self.pairs = run_at, ttl, policy, pairs
+        self.rate_limit: Any = None  # RQ 3's RateLimit of a job admitted to wait for a slot ('rate_limit' mode)
 
 
 def _flatten(job: Job) -> list[Any]:
@@ -131,7 +142,9 @@ class Deduplicator:
 
         ``kwargs`` are read as ``Queue.enqueue`` reads them (job_timeout, result_ttl,
         ttl, failure_ttl, description, meta, at_front, on_success/on_failure/on_stopped,
-        retry, repeat); ``job_id``, ``depends_on`` and ``pipeline`` are refused.
+        retry, repeat, and on RQ 3 ``rate_limit=RateLimit(key, concurrency)``: the job then
+        waits, state RATE_LIMITED, until RQ's own limiter queues it); ``job_id``,
+        ``depends_on`` and ``pipeline`` are refused, ``rate_limit`` on RQ 2.
 
         ``on_conflict`` says what to do when a job is pending, in the same script call:
         "reject" (answer the conflict), "replace" (withdraw a queued or scheduled holder,
@@ -220,6 +233,8 @@ class Deduplicator:
             if options.get(name) not in (None, False):
                 raise InvalidRequestError(f"{name}= is not accepted: {why}")
             options.pop(name, None)
+        rate_limit = self._check_rate_limit(options.get("rate_limit"), request)
+        options.pop("rate_limit", None)
         try:
             parsed = Queue.parse_args(request.func, *request.args, **options)
         except (ValueError, AssertionError) as exc:
@@ -231,9 +246,11 @@ class Deduplicator:
                 parsed.func, args=parsed.args, kwargs=parsed.kwargs, timeout=parsed.timeout,
                 result_ttl=parsed.result_ttl, ttl=parsed.ttl, failure_ttl=parsed.failure_ttl,
                 description=parsed.description, job_id=job_id, meta=parsed.meta,
-                status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
+                status=(JobStatus.SCHEDULED if scheduled else JobStatus("rate_limited") if rate_limit is not None
+                        else JobStatus.QUEUED),
                 retry=parsed.retry, repeat=parsed.repeat, on_success=parsed.on_success,
                 on_failure=parsed.on_failure, on_stopped=parsed.on_stopped, webhooks=parsed.webhooks,
+                **({"rate_limit": rate_limit} if rate_limit is not None else {}),
             )
             job.origin = self.queue.name
             if scheduled:
@@ -242,6 +259,13 @@ class Deduplicator:
                 if parsed.at_front:
                     job.enqueue_at_front = True
                 mode, at_text = "schedule", str(int(run_at.timestamp()))
+            elif rate_limit is not None:
+                # RQ 3's Queue._enqueue_rate_limited_job: saved as 'rate_limited', waiting in
+                # its limit's zset; RQ's acquire script (run after the admission) queues it.
+                job.timeout = job.timeout if job.timeout is not None else self.queue._default_timeout
+                if parsed.at_front:
+                    job.enqueue_at_front = True
+                mode, at_text = "rate_limit", ""
             else:
                 job.enqueued_at = rq_now()
                 mode, at_text = ("front" if parsed.at_front else "back"), ""
@@ -250,7 +274,27 @@ class Deduplicator:
             raise
         except (ValueError, TypeError, TimeoutFormatError) as exc:
             raise InvalidRequestError(f"cannot build the RQ job for key {key!r}: {exc}") from exc
-        return _Prepared(key, field, job, mode, at_text, int(job.ttl or 0), request.on_conflict, pairs)
+        prepared = _Prepared(key, field, job, mode, at_text, int(job.ttl or 0), request.on_conflict, pairs)
+        prepared.rate_limit = rate_limit if mode == "rate_limit" else None
+        return prepared
+
+    def _check_rate_limit(self, rate_limit: Any, request: EnqueueRequest) -> Any:
+        """``rate_limit=`` (RQ 3's ``RateLimit``) as RQ's own enqueue would accept it, or refuse."""
+        if rate_limit is None:
+            return None
+        if RateLimitRegistry is None:
+            raise InvalidRequestError("rate_limit= needs RQ 3 (rq>=3); this RQ has no rate limits")
+        if not isinstance(rate_limit, RateLimit):
+            raise InvalidRequestError(f"rate_limit must be an rq.rate_limit.RateLimit, not {type(rate_limit).__name__}")
+        if request.on_conflict == "follow_up":
+            raise InvalidRequestError("rate_limit= is not accepted with on_conflict='follow_up': a follow-up is "
+                                      "released straight onto the queue when its holder dies, past the limit")
+        if not self.queue.is_async:
+            raise InvalidRequestError("rate_limit is not supported on synchronous queues (is_async=False), as in RQ")
+        if (self.queue.job_class.redis_job_namespace_prefix != Job.redis_job_namespace_prefix
+                or self.queue.redis_queue_namespace_prefix != Queue.redis_queue_namespace_prefix):
+            raise InvalidRequestError("rate_limit is not supported with custom job or queue key prefixes, as in RQ")
+        return rate_limit
 
     def _admit(self, batch: Sequence[_Prepared]) -> list[Admission]:
         self._check_eviction()
@@ -258,16 +302,68 @@ class Deduplicator:
         keys = [k.slots, k.gc, k.stats, k.followups, k.queue, k.queues, k.scheduled, k.started, k.deferred,
                 k.canceled, k.last, k.intermediate]
         args: list[Any] = [k.job_prefix, k.executions_prefix, len(batch), self.gc_budget, self.gc_min_age,
-                           self.due_margin, utcformat(rq_now()), k.dependents_template, k.dependencies_template]
+                           self.due_margin, utcformat(rq_now()), k.dependents_template, k.dependencies_template,
+                           k.rate_limited_template]
         for p in batch:
             keys.append(k.job_key(p.job.id))
             args += (p.field, p.job.id, p.mode, p.run_at, p.ttl, p.policy, len(p.pairs) // 2, *p.pairs)
+        limited = [p for p in batch if p.rate_limit is not None]
+        if limited:
+            self._register_rate_limits(limited)
         replies = self._scripts.call(scripts.ADMIT, keys, args)
         admissions = [self._admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
         _raise_refusal(admissions)
+        if limited:
+            admissions = self._acquire_rate_limits(batch, admissions)
+        for reply in replies:
+            if reply[0] == b"admitted" and reply[8]:
+                self._release_rate_limit(reply[7].decode().partition(":")[2], reply[8].decode())
         if not self.queue.is_async:
             admissions = [inline.run(self, admission) for admission in admissions]
         return admissions
+
+    def _register_rate_limits(self, limited: Sequence[_Prepared]) -> None:
+        """Register each rate limit (RQ's ``RateLimitRegistry.register``) before its jobs are
+        written, so RQ's maintenance knows the limit of any job left waiting."""
+        assert RateLimitRegistry is not None
+        with scripts.redis_errors(), self.connection.pipeline() as pipe:
+            for p in limited:
+                RateLimitRegistry(p.rate_limit.key, connection=self.connection).register(p.rate_limit.concurrency, pipe)
+            pipe.execute()
+
+    def _acquire_rate_limits(self, batch: Sequence[_Prepared], admissions: list[Admission]) -> list[Admission]:
+        """Run RQ 3's own acquire script for each rate limit that got a new waiting job (as
+        ``Queue._enqueue_rate_limited_job`` does after saving it); a promoted job is queued."""
+        assert RateLimitRegistry is not None
+        promoted: dict[str, Any] = {}
+        done: set[str] = set()
+        enqueued_at = rq_now()
+        for p, a in zip(batch, admissions, strict=True):
+            if p.rate_limit is None or not a.admitted or a.status.state is not JobState.RATE_LIMITED:
+                continue
+            if p.rate_limit.key not in done:
+                done.add(p.rate_limit.key)
+                registry = RateLimitRegistry(p.rate_limit.key, connection=self.connection)
+                with scripts.redis_errors():
+                    for job_id in registry.acquire_and_enqueue(p.rate_limit.concurrency, enqueued_at=enqueued_at):
+                        promoted[job_id] = enqueued_at
+        out = []
+        for a in admissions:
+            if a.admitted and a.job_id in promoted and a.job is not None:
+                a.job._status = JobStatus.QUEUED
+                a.job.enqueued_at = promoted[a.job_id]
+                a = replace(a, status=replace(a.status, state=JobState.QUEUED, enqueued_at=promoted[a.job_id]))
+            out.append(a)
+        return out
+
+    def _release_rate_limit(self, job_id: str, rate_limit_key: str) -> None:
+        """After a script cancelled ``job_id``, which had RQ 3 rate limit ``rate_limit_key``: do
+        what RQ's ``Job.cancel`` does next (``RateLimitRegistry.cancel``: free the limit's slot
+        the job held, if it held one, and promote the oldest waiting job)."""
+        if RateLimitRegistry is None or not job_id or not rate_limit_key:
+            return
+        with scripts.redis_errors():
+            RateLimitRegistry(rate_limit_key, connection=self.connection).cancel(job_id)
 
     def _check_eviction(self) -> None:
         """Refuse to admit on a server that may evict keys, unless allowed; asked once."""
@@ -416,7 +512,8 @@ class Deduplicator:
 
         ``id_pattern`` describes the old job ids, ``{key}`` where the key is and ``*`` for
         anything, e.g. ``"email_process_{key}_*"``. Reads RQ's queue and its scheduled,
-        started and deferred registries in pages (a one-off scan, not a hot path).
+        started, deferred and (RQ 3) ready registries in pages (a one-off scan, not a hot
+        path); RQ 3's rate-limited jobs wait in per-limit registries and are not read.
         Returns counts: adopted, already, held (another pending job had the slot: a
         duplicate from before dedupkit), not_pending, unmatched.
         """
@@ -463,7 +560,8 @@ class Deduplicator:
             while ids := cast(list[bytes], conn.lrange(k.queue, start, start + page - 1)):
                 yield from (i.decode() for i in ids)
                 start += page
-            for zkey in (k.scheduled, k.started, k.deferred):
+            ready = getattr(self.queue, "ready_job_registry", None)  # RQ 3: dependents on their way to the queue
+            for zkey in (k.scheduled, k.started, k.deferred, *([ready.key] if ready is not None else [])):
                 for member, _ in conn.zscan_iter(zkey, count=page):
                     # started registry members are <job id>:<execution id>
                     yield member.decode().split(":")[0]
@@ -490,11 +588,12 @@ class Deduplicator:
             [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.canceled, k.last,
              k.intermediate],
             [k.job_prefix, k.executions_prefix, encode_key(norm), self.due_margin, utcformat(rq_now()),
-             k.dependents_template],
+             k.dependents_template, k.rate_limited_template],
         )
         outcome, job_id = reply[0].decode(), reply[1].decode()
         if outcome == "cancelled":
             logger.info("Key %r: cancelled job %s", norm, job_id)
+            self._release_rate_limit(job_id, reply[3].decode())
             return True
         if outcome == "running" and stop_running:
             return self._stop(norm, job_id)

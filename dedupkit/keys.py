@@ -6,17 +6,26 @@ keys derived from a holder's job id, RQ's own prefix) from here.
 
 from __future__ import annotations
 
+import importlib
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from rq import Queue
 from rq.executions import ExecutionRegistry
 
 from .errors import InvalidKeyError, InvalidRequestError
+
+try:  # RQ 3: rate limits (RateLimit(key, concurrency)); RQ 2 has none
+    _rate_limit: Any = importlib.import_module("rq.rate_limit")
+except ImportError:  # pragma: no cover - RQ 2
+    _rate_limit = None
+RateLimit: Any = getattr(_rate_limit, "RateLimit", None)
+RateLimitRegistry: Any = getattr(_rate_limit, "RateLimitRegistry", None)
+
 
 Key: TypeAlias = str | int
 """A dedup key: a non-empty str (at most 512 UTF-8 bytes) or an int; 123 == "123"."""
@@ -147,17 +156,22 @@ class KeySpace:
     executions_prefix: str  # RQ per-job executions zset prefix, "rq:executions:"
     dependents_template: str  # string.format template of a job's dependents set, "rq:job:%s:dependents"
     dependencies_template: str  # ... of a job's dependencies set, "rq:job::%s:dependencies" (sic, RQ 2.12)
+    rate_limited_template: str  # RQ 3: ... of a rate limit's waiting zset, "rq:rl:%s:rate_limited"; '' on RQ 2
 
     @classmethod
     def for_queue(cls, queue: Queue, namespace: str) -> KeySpace:
         if not isinstance(namespace, str) or not namespace or any(c in namespace for c in " {}\n"):
             raise InvalidRequestError(f"namespace {namespace!r} must be a non-empty string without spaces or braces")
+        # RQ 3's RQ_KEY_PREFIX may carry a Redis Cluster hash tag ("{rq}"): every RQ key is
+        # then in one slot, and dedupkit's keys join it, since each script touches both.
+        tag = hash_tag(queue.redis_queue_namespace_prefix)
+        base = f"{tag}:{namespace}" if tag else namespace
         return cls(
-            slots=f"{namespace}:slots:{queue.name}",
-            gc=f"{namespace}:gc:{queue.name}",
-            stats=f"{namespace}:stats:{queue.name}",
-            followups=f"{namespace}:followups:{queue.name}",
-            last=f"{namespace}:last:{queue.name}",
+            slots=f"{base}:slots:{queue.name}",
+            gc=f"{base}:gc:{queue.name}",
+            stats=f"{base}:stats:{queue.name}",
+            followups=f"{base}:followups:{queue.name}",
+            last=f"{base}:last:{queue.name}",
             queue=queue.key,
             intermediate=queue.intermediate_queue_key,
             queues=queue.redis_queues_keys,
@@ -170,10 +184,18 @@ class KeySpace:
             dependents_template=_lua_template(queue.job_class.dependents_key_for),
             dependencies_template=_lua_template(
                 lambda job_id: queue.job_class(job_id, connection=queue.connection).dependencies_key),
+            rate_limited_template=_rate_limited_template(queue),
         )
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id
+
+
+def hash_tag(key: str) -> str:
+    """The Redis Cluster hash tag of ``key`` ("{rq}" of "{rq}:queue:"), or '' if it has none."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start:end + 1] if end > start + 1 else ""
 
 
 def scheduler_lease_key(namespace: str, queue_name: str, name: str) -> str:
@@ -188,3 +210,10 @@ def _lua_template(key_for: Callable[[str], str]) -> str:
     if key.count(marker) != 1:
         raise AssertionError(f"cannot derive a key template from {key!r}")
     return key.replace("%", "%%").replace(marker, "%s")
+
+
+def _rate_limited_template(queue: Queue) -> str:
+    """RQ 3's key of a rate limit's waiting zset, as a template of the limit's key; '' on RQ 2."""
+    if RateLimitRegistry is None:
+        return ""
+    return _lua_template(lambda key: str(RateLimitRegistry(key, connection=queue.connection).rate_limited_key))

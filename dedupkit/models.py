@@ -23,11 +23,20 @@ class JobState(enum.StrEnum):
     SCHEDULED = "scheduled"
     DEFERRED = "deferred"
     RUNNING = "running"
+    RATE_LIMITED = "rate_limited"  # RQ 3: waiting for a slot of its RateLimit
 
     @classmethod
     def from_rq(cls, rq_status: str) -> JobState:
-        """Map an RQ status string of a pending job ('started' is RUNNING)."""
-        return cls.RUNNING if rq_status == "started" else cls(rq_status)
+        """Map an RQ status string of a pending job.
+
+        'started' is RUNNING; RQ 3's 'ready_to_enqueue' (a follow-up RQ is moving onto the
+        queue) is QUEUED; 'rate_limited' is RATE_LIMITED.
+        """
+        if rq_status == "started":
+            return cls.RUNNING
+        if rq_status == "ready_to_enqueue":
+            return cls.QUEUED
+        return cls(rq_status)
 
 
 def _text(value: bytes | str) -> str:
@@ -108,6 +117,11 @@ class SlotStatus:
     def has_deferred_job(self) -> bool:
         return self.state is JobState.DEFERRED
 
+    @property
+    def has_rate_limited_job(self) -> bool:
+        """RQ 3: the job waits for a slot of its ``rate_limit=`` (RQ promotes it to queued)."""
+        return self.state is JobState.RATE_LIMITED
+
     @classmethod
     def from_reply(cls, key: str, job_id: bytes | str, rq_status: bytes | str, enqueued_at: bytes | str,
                    started_at: bytes | str, scheduled_for: bytes | str, follow_up: bytes | str = b"") -> SlotStatus:
@@ -133,6 +147,7 @@ class SlotStatus:
             "has_scheduled_job": self.has_scheduled_job,
             "has_queued_job": self.has_queued_job,
             "has_deferred_job": self.has_deferred_job,
+            "has_rate_limited_job": self.has_rate_limited_job,
             "scheduled_for": _iso(self.scheduled_for),
             "enqueued_at": _iso(self.enqueued_at),
             "started_at": _iso(self.started_at),
@@ -156,7 +171,8 @@ class Admission:
     one; with ``"follow_up"``, ``follow_up_of`` is the running job this one waits for.
     When such a policy could not apply, ``reason`` says why: 'running', 'dequeued' (a
     worker is starting it), 'due' (RQ's scheduler may be promoting it), 'not_running'
-    (no follow-up for a job that has not started), 'repeating' (the holder has RQ repeats
+    (no follow-up for a job that has not started), 'ready' (RQ 3 is moving the holder, a
+    follow-up whose own holder ended, onto the queue), 'repeating' (the holder has RQ repeats
     left, and RQ would start a follow-up beside its next repeat) or 'coalesced' (a
     follow-up already waits; ``job_id`` is that follow-up's). A call that redis-py replayed
     after a lost reply answers ``admitted`` for the job its first run admitted.

@@ -13,7 +13,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from rq.exceptions import NoSuchJobError
-from rq.job import Callback, Job, JobStatus
+from rq.job import Job, JobStatus
+
+try:  # RQ 3 moved Callback to rq.callbacks; RQ 2 has it in rq.job
+    from rq.callbacks import Callback
+except ImportError:  # pragma: no cover - RQ 2
+    from rq.job import Callback  # type: ignore[attr-defined,no-redef,unused-ignore]
 
 from . import scripts
 from .keys import parse_job_id

@@ -31,9 +31,9 @@ class ScriptSpec:
     more_argv: bool = False
 
 
-ADMIT = ScriptSpec("admit.lua", keys=12, argv=9, more_keys=True, more_argv=True)
+ADMIT = ScriptSpec("admit.lua", keys=12, argv=10, more_keys=True, more_argv=True)
 STATUS = ScriptSpec("status.lua", keys=5, argv=2, more_argv=True)
-CANCEL = ScriptSpec("cancel.lua", keys=11, argv=6)
+CANCEL = ScriptSpec("cancel.lua", keys=11, argv=7)
 SWEEP = ScriptSpec("sweep.lua", keys=9, argv=4, more_argv=True)
 ADOPT = ScriptSpec("adopt.lua", keys=5, argv=2, more_argv=True)
 SPECS = (ADMIT, STATUS, CANCEL, SWEEP, ADOPT)

@@ -31,6 +31,7 @@ from rq.job import Job, JobStatus
 from dedupkit import Deduplicator, EnqueueRequest
 from dedupkit.keys import decode_key
 
+from . import rqstate
 from .support import RedisServer
 
 KEYS = ["a", "b", "c"]
@@ -178,7 +179,7 @@ class World(RuleBasedStateMachine):
         if job is None:
             return  # RQ's dequeue skips ids whose hash is gone
         with self.conn.pipeline() as pipe:
-            execution = Execution.create(job, ttl=int(LEASE), pipeline=pipe, worker_name="model")
+            execution = rqstate.create_execution(job, int(LEASE), pipe, "model")
             job.prepare_for_execution("model", pipe)
             pipe.execute()
         self.running[job_id] = (job, execution)

@@ -187,9 +187,11 @@ def test_a_running_job_cancelled_by_rq_holds_the_key_while_its_horse_runs(dedup:
 
 
 def test_a_status_the_scripts_do_not_know_holds_the_key(dedup: Deduplicator, queue: Queue) -> None:
-    """RQ 3 adds statuses (ready_to_enqueue, rate_limited): fail closed."""
+    """A newer RQ may add statuses (RQ 3 added ready_to_enqueue and rate_limited, which the
+    scripts now name): fail closed, reported as queued."""
     adm = dedup.enqueue("u", TASK, "n")
-    queue.connection.hset(f"rq:job:{adm.job_id}", "status", "rate_limited")
+    queue.connection.hset(f"rq:job:{adm.job_id}", "status", "some_future_status")
+    assert dedup.status("u").state is JobState.QUEUED
     assert dedup.has_pending("u") and not dedup.enqueue("u", TASK, "n").admitted
     assert dedup.sweep() == 0
 
@@ -330,3 +332,43 @@ def test_a_popped_job_that_starts_or_comes_back_is_never_taken_for_lost(queue: Q
     rqstate.start(conn, queue, adm.job_id, lease=30)
     time.sleep(0.5)
     assert dedup.is_running("u")
+
+
+def test_a_failed_job_left_in_the_scheduled_registry_holds_the_key(dedup: Deduplicator, queue: Queue) -> None:
+    """RQ's maintenance raced with itself (two cleanups of one stuck job, as the step matrix
+    saw at retry-interval k=45): the first retries it (status 'scheduled', registry entry),
+    the second, reading it with no retries left, fails it and leaves the entry. RQ's
+    scheduler promotes every id in that registry whatever its status: the job will run."""
+    from rq import Worker
+
+    conn = queue.connection
+    adm = dedup.enqueue("u", "tests.tasks.fail", "z", retry=Retry(max=1, interval=3600))
+    conn.lrem(queue.key, 1, adm.job_id)  # a worker took it, then died
+    worker = Worker([queue], connection=conn, name="maintenance")
+    worker.handle_job_failure(Job.fetch(adm.job_id, connection=conn), queue, exc_string="stuck")  # retries it
+    worker.handle_job_failure(Job.fetch(adm.job_id, connection=conn), queue, exc_string="stuck")  # fails it
+    assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.FAILED
+    assert conn.zscore(queue.scheduled_job_registry.key, adm.job_id) is not None
+    status = dedup.status("u")
+    assert status.state is JobState.SCHEDULED and status.job_id == adm.job_id
+    assert not dedup.enqueue("u", TASK, "x").admitted and dedup.sweep() == 0
+    assert dedup.cancel("u")  # not due for an hour: withdrawn from the registry, as RQ's cancel does
+    assert conn.zscore(queue.scheduled_job_registry.key, adm.job_id) is None
+    assert dedup.enqueue("u", TASK, "x").admitted
+
+
+def test_a_job_in_the_intermediate_list_is_never_withdrawn(dedup: Deduplicator, queue: Queue) -> None:
+    """A worker of one queue LMOVEs the id into the intermediate list. If RQ's cleanup
+    re-queues it meanwhile (the step matrix, retry k=80), it is in both lists: a replace or
+    cancel that took it from the queue would leave it to RQ's intermediate-queue cleanup,
+    which retries it whatever its status."""
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "i", retry=Retry(max=2))
+    conn.lmove(queue.key, queue.intermediate_queue_key)  # what Queue.lmove does on Redis >= 6.2
+    queue._enqueue_job(Job.fetch(adm.job_id, connection=conn))  # RQ's retry pushes it again
+    assert conn.lrange(queue.key, 0, -1) == [adm.job_id.encode()]
+    answer = dedup.enqueue("u", TASK, "x", on_conflict="replace")
+    assert not answer.admitted and answer.reason == "dequeued"
+    assert not dedup.cancel("u")
+    assert conn.lrange(queue.key, 0, -1) == [adm.job_id.encode()]
+    assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.QUEUED

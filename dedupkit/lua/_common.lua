@@ -1,8 +1,9 @@
 -- _common.lua: helpers shared by every dedupkit script; Python prepends this file to
 -- admit.lua, status.lua, cancel.lua, sweep.lua and adopt.lua when it loads them. It
 -- reads no KEYS or ARGV: each script passes its keys in a table K = {slots, followups, last, queue, scheduled,
--- started, deferred, canceled, job_prefix, exec_prefix, dependents} (entries a script does
--- not need are nil; 'dependents' is RQ's string.format template of a job's dependents set;
+-- started, deferred, canceled, job_prefix, exec_prefix, dependents, rate_limited} (entries a
+-- script does not need are nil; 'dependents' is RQ's string.format template of a job's
+-- dependents set, 'rate_limited' RQ 3's template of a rate limit's waiting zset, '' on RQ 2;
 -- 'last' is the hash of each key's last run, "<job id>|<final status>|<ended at>").
 --
 -- dk_now()        Redis server time, epoch seconds (float). The scripts trust this clock
@@ -10,7 +11,8 @@
 -- dk_lease(K, job_id, now) -> 'live' | 'expired' | nil   the job's RQ execution leases
 -- dk_pending(K, job_id, now)     THE rule for "pending", used by every script:
 --   -> {state, enqueued_at, started_at, scheduled_for}  the job holds its key; state is
---      'queued', 'scheduled', 'deferred' or 'started' (running, or RQ must still settle it)
+--      'queued', 'scheduled', 'deferred', 'started' (running, or RQ must still settle it),
+--      or RQ 3's 'ready_to_enqueue' / 'rate_limited'
 --   -> nil, reason  when it no longer does; reason is 'gone' (hash gone, a bare heartbeat
 --      hash, or an orphan 'scheduled'), 'ended' (a final status), 'dead' (started, every
 --      lease expired, no retries left) or 'lost' (popped by a worker that died before
@@ -23,8 +25,8 @@
 --   record a holder that is over as the key's last run (status 'dead' when its worker
 --   died, 'gone' when its hash vanished; ended at: RQ's ended_at, else now_text)
 -- dk_withdraw(K, job_id, info, now, due_margin)
---   -> 'cancelled' | 'running' | 'dequeued' | 'due'   take a pending job out of RQ as
---      RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe;
+--   -> 'cancelled' | 'running' | 'dequeued' | 'due' | 'ready'   take a pending job out of
+--      RQ as RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe;
 --      a queued job found in no list is marked for dk_lost (needs K.intermediate).
 
 local function dk_now()
@@ -86,11 +88,22 @@ end
 -- without setting 'queued' first).
 local DK_OVER = { finished = true, failed = true, stopped = true, canceled = true, created = true }
 
+-- RQ 3's two new statuses; both hold the key (RQ runs the job later on its own):
+--   ready_to_enqueue  a dependent (a follow-up) whose holder has ended: RQ 3 moved it from
+--                     the deferred registry to rq:ready:<q> and is pushing it onto the queue
+--                     (ReadyJobRegistry.enqueue_jobs; its maintenance finishes the move if
+--                     that worker died). Reported as 'queued'; cancel refuses it ('ready').
+--   rate_limited      waiting in rq:rl:<rate limit key>:rate_limited for a slot of its
+--                     RateLimit; RQ's own scripts promote it to 'queued'. cancel withdraws
+--                     it as RQ's Job.cancel does (out of that zset, status 'canceled').
+local DK_WAITING = { ready_to_enqueue = true, rate_limited = true }
+
 -- THE rule: does job_id still hold its key? A job holds it while RQ's data says it may
 -- still run. Every path that reads or frees a slot asks this function and nothing else.
 -- See the README's guarantee table for the reasoning behind each line.
 --   -> {state, enqueued_at, started_at, scheduled_for}  pending; state is 'queued',
---      'scheduled', 'deferred' or 'started' (running, or RQ still has to settle it)
+--      'scheduled', 'deferred', 'started' (running, or RQ still has to settle it),
+--      'ready_to_enqueue' or 'rate_limited' (RQ 3, see DK_WAITING)
 --   -> nil, reason  over: 'gone' (no hash / a heartbeat ghost / an orphan 'scheduled'),
 --      'ended' (a final status) or 'dead' (started, lease expired, no retries left)
 local function dk_pending(K, job_id, now)
@@ -123,9 +136,13 @@ local function dk_pending(K, job_id, now)
     end
     return { status, enqueued_at, started_at, '' }
   end
-  local at = status == 'scheduled' and redis.call('ZSCORE', K.scheduled, job_id)
+  -- 3. In the scheduled registry, whatever its status: RQ's scheduler promotes every due
+  --    id it finds there without reading the status (rq/scheduler.py
+  --    enqueue_scheduled_jobs). A retry that RQ's maintenance raced with itself can leave
+  --    a 'failed' job there (seen by the step matrix, retry-interval k=45).
+  local at = redis.call('ZSCORE', K.scheduled, job_id)
   if at then
-    return { status, enqueued_at, started_at, at }
+    return { 'scheduled', enqueued_at, started_at, at }
   end
   -- RQ's StartedJobRegistry.cleanup retries every expired entry with retries left,
   -- whatever the job's status says (rq/registry.py StartedJobRegistry.cleanup): not only
@@ -144,15 +161,20 @@ local function dk_pending(K, job_id, now)
     return nil, 'dead'
   elseif DK_OVER[status] then
     return nil, 'ended'
+  elseif DK_WAITING[status] then
+    return { status, enqueued_at, started_at, '' }
   end
   -- A status this script does not know (a newer RQ's): fail closed, as waiting to run.
   return { 'queued', enqueued_at, started_at, '' }
 end
 
--- RQ enqueues a deferred job when the job it depends on ends. When that job died with
--- its worker (RQ would wait for its 10-minute maintenance) or its worker died between
--- marking it failed and enqueueing dependents, do what enqueue_dependents does. RQ's own
--- enqueue_dependents WATCHes the dependents set we change, so it cannot enqueue it twice.
+-- RQ enqueues a deferred job when the job it depends on ends (RQ 3 by way of its ready
+-- registry: deferred -> 'ready_to_enqueue' -> queued). When that job died with its worker
+-- (RQ would wait for its 10-minute maintenance) or its worker died between marking it
+-- failed and enqueueing dependents, do what RQ's enqueue of a deferred job does (RQ 2 and
+-- RQ 3 alike: out of the deferred registry, 'queued', pushed). RQ 2's enqueue_dependents
+-- and RQ 3's move_dependents_to_ready both WATCH the dependents set we change (and read
+-- it again on a retry), so neither can enqueue it a second time.
 local function dk_release(K, job_id, parent_id, enqueued_at)
   local job_key = K.job_prefix .. job_id
   redis.call('ZREM', K.deferred, job_id)
@@ -223,11 +245,11 @@ local function dk_resolve(K, field, now, write, enqueued_at)
   return follow, nil, freason, nil
 end
 
--- Called when a queued job is not in the queue list: mark it (see dk_lost) unless a
--- worker visibly holds it (the intermediate list, or an execution RQ will settle).
+-- Called when a queued job is in neither the queue nor the intermediate list: mark it
+-- (see dk_lost) unless it has an execution (RQ's maintenance settles those).
 local function dk_adrift(K, job_id, info, now, margin)
   local job_key = K.job_prefix .. job_id
-  if redis.call('EXISTS', K.exec_prefix .. job_id) == 1 or redis.call('LPOS', K.intermediate, job_id) then
+  if redis.call('EXISTS', K.exec_prefix .. job_id) == 1 then
     return
   end
   local mark = redis.call('HGET', job_key, DK_ADRIFT)
@@ -241,6 +263,13 @@ local function dk_withdraw(K, job_id, info, now, due_margin)
   if status == 'started' then
     return 'running'
   elseif status == 'queued' then
+    -- An id in the intermediate list belongs to a worker, or to RQ's maintenance, which
+    -- fails or retries it whatever its status says: a withdrawn job would be revived
+    -- (seen by the step matrix, retry k=80: RQ's cleanup had re-queued it while the id
+    -- was still in the intermediate list). Leave it; and look there before the LREM.
+    if redis.call('LPOS', K.intermediate, job_id) then
+      return 'dequeued'
+    end
     if redis.call('LREM', K.queue, 1, job_id) == 0 then
       dk_adrift(K, job_id, info, now, due_margin)
       return 'dequeued'
@@ -250,6 +279,18 @@ local function dk_withdraw(K, job_id, info, now, due_margin)
       return 'due'
     end
     redis.call('ZREM', K.scheduled, job_id)
+  elseif status == 'ready_to_enqueue' then
+    -- RQ 3 is moving it onto the queue (its WATCHed ReadyJobRegistry.enqueue_jobs): like
+    -- a just-dequeued job, it is about to run.
+    return 'ready'
+  elseif status == 'rate_limited' then
+    -- What RQ 3's Job.cancel does for a waiting rate-limited job: out of the waiting
+    -- zset (RateLimitRegistry.cancel). It held no slot of the limit, so none is freed.
+    -- RQ's promotion is a script too: it cannot interleave with this one.
+    local rl_key = redis.call('HGET', K.job_prefix .. job_id, 'rate_limit_key')
+    if rl_key and K.rate_limited and K.rate_limited ~= '' then
+      redis.call('ZREM', string.format(K.rate_limited, rl_key), job_id)
+    end
   elseif status == 'deferred' then
     redis.call('ZREM', K.deferred, job_id)
     local parent = redis.call('HGET', K.job_prefix .. job_id, 'dependency_id')

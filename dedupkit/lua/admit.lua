@@ -6,8 +6,9 @@
 -- RQ job hash, register the queue, push the id onto the queue (or ZADD the scheduled
 -- registry) and point the slot at the new job. Pending: apply the request's policy:
 --   reject     answer 'conflict' with the holder
---   replace    withdraw a queued or scheduled holder (status 'canceled') and admit; a
---              running, just-dequeued or due holder is kept: 'conflict'
+--   replace    withdraw a queued, scheduled or (RQ 3) rate-limited holder (status
+--              'canceled') and admit; a running, just-dequeued, due or (RQ 3) ready holder
+--              is kept: 'conflict'
 --   follow_up  holder running: admit the job as RQ-deferred on the holder (it runs when
 --              the holder ends, success or failure); a waiting follow-up answers
 --              'conflict' with its id; a holder not running, or one with RQ repeats
@@ -38,22 +39,28 @@
 -- ARGV[7]  now text         RQ-format UTC time, written as enqueued_at of a released follow-up
 -- ARGV[8]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
 -- ARGV[9]  dependencies tpl RQ's key of a job's dependencies set, "rq:job::%s:dependencies"
--- ARGV[10..] per request, in order:
+-- ARGV[10] rate-limited tpl RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited";
+--                           '' on RQ 2 (for withdrawing a 'rate_limited' holder)
+-- ARGV[11..] per request, in order:
 --          field            encoded dedup key
 --          job id           the new job's id
---          mode             'back' (RPUSH), 'front' (LPUSH) or 'schedule' (ZADD KEYS[7])
+--          mode             'back' (RPUSH), 'front' (LPUSH), 'schedule' (ZADD KEYS[7]) or (RQ 3)
+--                           'rate_limit' (ZADD the waiting zset of the job's rate_limit_key;
+--                           Python then runs RQ's acquire script, which queues it)
 --          run at           epoch seconds for 'schedule', '' otherwise
 --          job ttl          seconds the job hash may live before it runs, 0 = no expiry
 --          policy           'reject', 'replace' or 'follow_up'
 --          nfields          number of job hash field/value pairs that follow
 --          field, value...  2 * nfields strings, the RQ job hash (status already set)
 -- Reply: one array per request (9 fields):
---   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, ''}
+--   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, replaced_rl}
 --     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead');
+--     replaced_rl = the replaced job's RQ 3 rate limit key, '' if none (Python then runs
+--     RQ's RateLimitRegistry.cancel for it, as RQ's Job.cancel does);
 --     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>' | 'replayed'
 --     (a replay: rq_status .. scheduled_for describe the job now, all '' once it ended)
 --   {'conflict', holder_id, rq_status, enqueued_at, started_at, scheduled_for, '', note, follow_up_id}
---     note = '' | why the policy could not apply ('running'|'dequeued'|'due'|
+--     note = '' | why the policy could not apply ('running'|'dequeued'|'due'|'ready'|
 --            'not_running'|'repeating'|'coalesced' (job_id is then the waiting follow-up))
 --     follow_up_id = '' or the follow-up waiting behind a running holder
 --   {'collision', job_id, '', '', '', '', '', '', ''}   the job hash existed; nothing written
@@ -63,14 +70,13 @@
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[7], started = KEYS[8],
   deferred = KEYS[9], canceled = KEYS[10], last = KEYS[11], intermediate = KEYS[12], job_prefix = ARGV[1],
-  exec_prefix = ARGV[2],
-  dependents = ARGV[8],
+  exec_prefix = ARGV[2], dependents = ARGV[8], rate_limited = ARGV[10],
 }
 local dependencies_tpl = ARGV[9]
 local gc_key, stats_key, queues_key = KEYS[2], KEYS[3], KEYS[6]
 local n, gc_budget, gc_min_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local due_margin, now_text = tonumber(ARGV[6]), ARGV[7]
-local FIXED_KEYS, FIRST_REQUEST = 12, 10
+local FIXED_KEYS, FIRST_REQUEST = 12, 11
 
 if n ~= #KEYS - FIXED_KEYS then
   return redis.error_reply('ERR admit.lua: ARGV[3]=' .. tostring(ARGV[3]) .. ' but ' .. (#KEYS - FIXED_KEYS)
@@ -111,14 +117,15 @@ local function decide(i, pos, last)
     return { 'collision', job_id, '', '', '', '', '', '', '' }
   end
 
-  local admit, note, parent = (info == nil), '', nil
+  local admit, note, parent, replaced_rl = (info == nil), '', nil, ''
   if info and policy == 'replace' then
     local outcome = dk_withdraw(K, holder, info, now, due_margin)
     if outcome == 'cancelled' then
+      replaced_rl = redis.call('HGET', K.job_prefix .. holder, 'rate_limit_key') or ''
       dk_remember(K, field, holder, nil, now_text)
-      -- A waiting follow-up belongs to the holder being replaced: it goes too.
-      if follow then
-        dk_withdraw(K, follow, dk_pending(K, follow, now), now, due_margin)
+      -- A waiting follow-up belongs to the holder being replaced: it goes too (a deferred
+      -- job always can; one RQ 3 already moved on is left to run and keeps its entry).
+      if follow and dk_withdraw(K, follow, dk_pending(K, follow, now), now, due_margin) == 'cancelled' then
         redis.call('HDEL', K.followups, field)
         count('cancelled')
       end
@@ -146,10 +153,14 @@ local function decide(i, pos, last)
     local waiting = (note ~= 'coalesced' and follow) or ''
     return { 'conflict', holder, info[1], info[2], info[3], info[4], '', note, waiting }
   else
-    local status, enqueued_at = '', ''
+    local status, enqueued_at, rl_key = '', '', nil
     for j = first, last, 2 do
       if ARGV[j] == 'status' then status = ARGV[j + 1] end
       if ARGV[j] == 'enqueued_at' then enqueued_at = ARGV[j + 1] end
+      if ARGV[j] == 'rate_limit_key' then rl_key = ARGV[j + 1] end
+    end
+    if mode == 'rate_limit' and (not rl_key or K.rate_limited == '') then
+      error('admit.lua: rate_limit mode without a rate_limit_key or RQ 3 template')
     end
     redis.call('HSET', job_key, unpack(ARGV, first, last))
     if job_ttl > 0 then
@@ -173,6 +184,9 @@ local function decide(i, pos, last)
       if mode == 'schedule' then
         redis.call('ZADD', K.scheduled, run_at, job_id)
         scheduled_for = run_at
+      elseif mode == 'rate_limit' then
+        -- RQ 3's Queue._enqueue_rate_limited_job: wait in the limit's zset, scored by now.
+        redis.call('ZADD', string.format(K.rate_limited, rl_key), now, job_id)
       elseif mode == 'front' then
         redis.call('LPUSH', K.queue, job_id)
       else
@@ -189,7 +203,7 @@ local function decide(i, pos, last)
     end
     redis.call('ZADD', gc_key, now, field)
     count('admitted')
-    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, '' }
+    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, replaced_rl }
   end
 end
 

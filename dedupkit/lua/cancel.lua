@@ -29,14 +29,20 @@
 -- ARGV[4]  due margin       seconds; a scheduled job due before now + margin is kept
 -- ARGV[5]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
 -- ARGV[6]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
--- Reply: {outcome, job_id, rq_status} with outcome one of
---   'cancelled', 'free' (nothing pending; job_id may be ''), 'running', 'dequeued', 'due'
+-- ARGV[7]  rate-limited tpl RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited"; '' on RQ 2
+--   ready    - (RQ 3) status 'ready_to_enqueue': RQ is moving it from rq:ready:<q> onto the
+--              queue right now (a follow-up whose holder ended); it runs
+-- A rate-limited job (RQ 3, status 'rate_limited') is withdrawn as RQ's Job.cancel does:
+-- removed from its rate limit's waiting zset, status 'canceled'.
+-- Reply: {outcome, job_id, rq_status, rate_limit_key} with outcome one of
+--   'cancelled', 'free' (nothing pending; job_id may be ''), 'running', 'dequeued', 'due', 'ready';
+--   rate_limit_key: the cancelled job's RQ 3 rate limit ('' if none, or not cancelled), so
+--   Python runs RQ's RateLimitRegistry.cancel only then
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
   deferred = KEYS[8], canceled = KEYS[9], last = KEYS[10], intermediate = KEYS[11], job_prefix = ARGV[1],
-  exec_prefix = ARGV[2],
-  dependents = ARGV[6],
+  exec_prefix = ARGV[2], dependents = ARGV[6], rate_limited = ARGV[7],
 }
 local gc_key, stats_key = KEYS[2], KEYS[3]
 local field, due_margin, now_text = ARGV[3], tonumber(ARGV[4]), ARGV[5]
@@ -49,22 +55,26 @@ if not info then
     redis.call('HDEL', K.slots, field)
     redis.call('ZREM', gc_key, field)
   end
-  return { 'free', holder or '', '' }
+  return { 'free', holder or '', '', '' }
 end
 
 if follow then
-  dk_withdraw(K, follow, dk_pending(K, follow, now), now, due_margin)
+  local finfo = dk_pending(K, follow, now)
+  local outcome = dk_withdraw(K, follow, finfo, now, due_margin)
+  if outcome ~= 'cancelled' then
+    return { outcome, follow, finfo[1], '' }
+  end
   redis.call('HDEL', K.followups, field)
   redis.call('HINCRBY', stats_key, 'cancelled', 1)
-  return { 'cancelled', follow, 'deferred' }
+  return { 'cancelled', follow, finfo[1], redis.call('HGET', K.job_prefix .. follow, 'rate_limit_key') or '' }
 end
 
 local outcome = dk_withdraw(K, holder, info, now, due_margin)
 if outcome ~= 'cancelled' then
-  return { outcome, holder, info[1] }
+  return { outcome, holder, info[1], '' }
 end
 dk_remember(K, field, holder, nil, now_text)
 redis.call('HDEL', K.slots, field)
 redis.call('ZREM', gc_key, field)
 redis.call('HINCRBY', stats_key, 'cancelled', 1)
-return { 'cancelled', holder, info[1] }
+return { 'cancelled', holder, info[1], redis.call('HGET', K.job_prefix .. holder, 'rate_limit_key') or '' }

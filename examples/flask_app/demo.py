@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 import redis
+from rq import Worker
 
 from . import db
 from .app import QUEUE_NAME, create_app
@@ -110,7 +111,7 @@ def wait_for_worker(url: str, worker: Child, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and worker.alive:
-            if client.scard("rq:workers"):
+            if client.scard(Worker.redis_workers_keys):  # RQ's key (RQ 3: under RQ_KEY_PREFIX)
                 return
             time.sleep(0.2)
     finally:
@@ -156,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                           "SECRET_KEY": os.environ.get("EMAIL_APP_SECRET_KEY") or secrets.token_hex(32)})
         env = dict(os.environ, REDIS_URL=url, EMAIL_APP_DATABASE=args.db, EMAIL_JOB_SECONDS=str(args.job_seconds),
                    PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+        worker_class = ["-w", "examples.flask_app.embedded_worker.EmbeddedWorker"] if embedded else []
         worker = Child("rq worker", [*rq_command(), "worker", "-u", url, "--with-scheduler", "--path", str(ROOT),
-                                     QUEUE_NAME], env)
+                                     *worker_class, QUEUE_NAME], env)
         children.append(worker)
         children.append(Child("scheduler", [sys.executable, "-m", "examples.flask_app.run_scheduler", "--url", url,
                                             "--interval", str(args.interval), "--db", args.db], env))
