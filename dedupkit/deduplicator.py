@@ -444,7 +444,8 @@ class Deduplicator:
         statuses: list[SlotStatus] = []
         for start in range(0, len(norms), batch_size):
             chunk = norms[start:start + batch_size]
-            replies = self._scripts.call(scripts.STATUS, [k.slots, k.followups, k.scheduled, k.started, k.last],
+            replies = self._scripts.call(scripts.STATUS, [k.slots, k.followups, k.scheduled, k.started, k.last,
+                                                          k.intermediate],
                                          [k.job_prefix, k.executions_prefix, *map(encode_key, chunk)])
             for norm, reply in zip(chunk, replies, strict=True):
                 last = LastRun.parse(reply[6])
@@ -502,7 +503,8 @@ class Deduplicator:
             if page:
                 deleted += int(self._scripts.call(
                     scripts.SWEEP,
-                    [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.last],
+                    [k.slots, k.gc, k.stats, k.followups, k.queue, k.scheduled, k.started, k.deferred, k.last,
+                     k.intermediate],
                     [k.job_prefix, k.executions_prefix, utcformat(rq_now()), k.dependents_template, *page]))
             if int(cursor) == 0:
                 return deleted
@@ -527,7 +529,8 @@ class Deduplicator:
 
         def flush() -> None:
             k = self.keys
-            for reply in self._scripts.call(scripts.ADOPT, [k.slots, k.gc, k.followups, k.scheduled, k.started],
+            for reply in self._scripts.call(scripts.ADOPT, [k.slots, k.gc, k.followups, k.scheduled, k.started,
+                                                                           k.intermediate],
                                             [k.job_prefix, k.executions_prefix, *pairs]):
                 counts[reply.decode().partition(":")[0]] += 1
             pairs.clear()

@@ -32,10 +32,10 @@ class ScriptSpec:
 
 
 ADMIT = ScriptSpec("admit.lua", keys=12, argv=10, more_keys=True, more_argv=True)
-STATUS = ScriptSpec("status.lua", keys=5, argv=2, more_argv=True)
+STATUS = ScriptSpec("status.lua", keys=6, argv=2, more_argv=True)
 CANCEL = ScriptSpec("cancel.lua", keys=11, argv=7)
-SWEEP = ScriptSpec("sweep.lua", keys=9, argv=4, more_argv=True)
-ADOPT = ScriptSpec("adopt.lua", keys=5, argv=2, more_argv=True)
+SWEEP = ScriptSpec("sweep.lua", keys=10, argv=4, more_argv=True)
+ADOPT = ScriptSpec("adopt.lua", keys=6, argv=2, more_argv=True)
 SPECS = (ADMIT, STATUS, CANCEL, SWEEP, ADOPT)
 # The scheduler's leader lease; registered by the Scheduler, without _common.lua.
 LEASE_RENEW = ScriptSpec("lease_renew.lua", keys=1, argv=2)

@@ -225,6 +225,9 @@ def test_a_running_job_deleted_by_rq_leaves_a_gap_the_readme_names(dedup: Dedupl
     assert dedup.is_running("u") is (RQ_MAJOR < 3)
 
 
+@pytest.mark.rq_version
+@pytest.mark.skipif(int(rq.__version__.split(".")[0]) >= 3,
+                    reason="RQ 3 passes the execution to handle_job_success and keeps it across the retry")
 @pytest.mark.parametrize("retries", [1, 0])
 def test_a_success_retried_after_a_watch_error_keeps_the_key_while_rq_may_revive_it(
         dedup: Deduplicator, queue: Queue, monkeypatch: pytest.MonkeyPatch, retries: int) -> None:
@@ -264,7 +267,7 @@ def test_a_success_retried_after_a_watch_error_keeps_the_key_while_rq_may_revive
     assert follow_up.admitted and follow_up.follow_up_of == adm.job_id
     assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.FINISHED
     wip = queue.started_job_registry.key
-    assert conn.zscore(wip, execution.composite_key) is not None  # RQ left the execution behind
+    assert conn.zscore(wip, execution.composite_key) is not None  # RQ 2 left the execution behind
     assert conn.lrange(queue.key, 0, -1) == [follow_up.job_id.encode()]  # RQ enqueued the follow-up
     rqstate.run_all(queue)  # the follow-up runs and ends
     rqstate.heartbeat(conn, queue, execution, lease=-1)  # nobody renews the lease: it expires
@@ -372,3 +375,33 @@ def test_a_job_in_the_intermediate_list_is_never_withdrawn(dedup: Deduplicator, 
     assert not dedup.cancel("u")
     assert conn.lrange(queue.key, 0, -1) == [adm.job_id.encode()]
     assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.QUEUED
+
+
+def test_rqs_intermediate_cleanup_retrying_a_stuck_job_keeps_the_key(dedup: Deduplicator, queue: Queue,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker of one queue LMOVEd the id into the intermediate list and died before
+    starting it (no execution, no lease). RQ's intermediate cleanup then runs
+    handle_job_failure: with retries and an interval, Job.retry writes 'scheduled' first,
+    the registry entry after, and the id leaves the intermediate list last. In between the
+    key was free (step matrix on RQ 3, retry-interval k=34)."""
+    from rq import Worker
+
+    conn = queue.connection
+    adm = dedup.enqueue("u", "tests.tasks.fail", "s", retry=Retry(max=2, interval=3600))
+    conn.lmove(queue.key, queue.intermediate_queue_key)  # what Queue.lmove does on Redis >= 6.2
+    seen: list[str] = []
+    original = ScheduledJobRegistry.schedule
+
+    def schedule(registry: ScheduledJobRegistry, *args: Any, **kwargs: Any) -> Any:
+        seen.append(conn.hget(f"rq:job:{adm.job_id}", "status").decode())
+        assert dedup.status("u").job_id == adm.job_id
+        assert not dedup.enqueue("u", TASK, "x").admitted and dedup.sweep() == 0 and not dedup.cancel("u")
+        return original(registry, *args, **kwargs)
+
+    monkeypatch.setattr(ScheduledJobRegistry, "schedule", schedule)
+    worker = Worker([queue], connection=conn, name="maintenance")
+    worker.handle_job_failure(Job.fetch(adm.job_id, connection=conn), queue, exc_string="stuck")  # as the cleanup
+    assert seen == ["scheduled"]
+    conn.lrem(queue.intermediate_queue_key, 1, adm.job_id)  # the cleanup's last step
+    status = dedup.status("u")
+    assert status.state is JobState.SCHEDULED and status.job_id == adm.job_id

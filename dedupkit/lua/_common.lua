@@ -84,6 +84,23 @@ local function dk_lost(mark, enqueued_at, now)
   return since == enqueued_at and tonumber(lost_from) ~= nil and tonumber(lost_from) <= now
 end
 
+-- Whether RQ's maintenance still owes a job with retries left a retry, whatever the
+-- job's status says:
+-- - an expired lease still in rq:wip: StartedJobRegistry.cleanup retries every such
+--   entry. Not only 'started' (a dead horse) and 'scheduled' (a retry whose pipeline
+--   never ran): also 'finished' when RQ 2's handle_job_success re-ran its transaction
+--   after a WatchError (a follow-up added to the dependents set it WATCHes) without the
+--   execution it had already dropped, leaving the lease behind;
+-- - an id in the intermediate list: RQ's intermediate-queue cleanup fails or retries
+--   it, writing 'scheduled' before the registry entry, and takes the id off the list
+--   last. That list holds the ids workers of one queue dequeued and have not started.
+local function dk_unsettled(K, job_id, lease, retries_left)
+  if (tonumber(retries_left) or 0) <= 0 then
+    return false
+  end
+  return lease == 'expired' or (K.intermediate ~= nil and redis.call('LPOS', K.intermediate, job_id) ~= false)
+end
+
 -- RQ's final statuses. 'created' is a job nothing has enqueued (RQ pushes no job
 -- without setting 'queued' first).
 local DK_OVER = { finished = true, failed = true, stopped = true, canceled = true, created = true }
@@ -123,10 +140,7 @@ local function dk_pending(K, job_id, now)
   if not whole then
     return nil, 'gone'
   end
-  -- 2. An expired lease that RQ's cleanup has not settled, on a job with retries left:
-  --    RQ will re-queue or re-schedule it (and a cleanup already in flight re-saves its
-  --    own copy of the job), so the key stays with it until RQ has decided.
-  local unsettled = lease == 'expired' and (tonumber(f[5]) or 0) > 0
+  -- 2. Waiting to run.
   if status == 'queued' or status == 'deferred' then
     -- 'queued' counts whether or not the id is still in the list: a worker dequeues in
     -- two steps and the id sits in neither list nor registry in between. Unless
@@ -144,14 +158,10 @@ local function dk_pending(K, job_id, now)
   if at then
     return { 'scheduled', enqueued_at, started_at, at }
   end
-  -- RQ's StartedJobRegistry.cleanup retries every expired entry with retries left,
-  -- whatever the job's status says (rq/registry.py StartedJobRegistry.cleanup): not only
-  -- 'started' (a dead horse) and 'scheduled' (a retry whose pipeline never ran), also
-  -- 'finished': when RQ's handle_job_success re-runs its transaction after a WatchError
-  -- (a follow-up added to the dependents set it WATCHes), the worker has already dropped
-  -- its execution, so the job ends 'finished' with its lease left in rq:wip; at expiry
-  -- RQ's cleanup re-queues it and it runs again.
-  if unsettled then
+  -- 4. Unsettled, with retries left: RQ's maintenance still owes it a retry, whatever
+  --    its status says (dk_unsettled), and a cleanup already in flight re-saves its own
+  --    copy of the job: the key stays with it until RQ has decided.
+  if dk_unsettled(K, job_id, lease, f[5]) then
     return { 'started', enqueued_at, started_at, '' }
   end
   if status == 'scheduled' then

@@ -7,6 +7,7 @@
 -- KEYS[3]  followups hash   <ns>:followups:<q>
 -- KEYS[4]  scheduled zset   rq:scheduled:<q>
 -- KEYS[5]  started zset     rq:wip:<q>
+-- KEYS[6]  intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
 -- ARGV[1]  job key prefix   "rq:job:"
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3..] pairs           field (encoded dedup key), job id; repeated
@@ -14,7 +15,7 @@
 --        'held:<holder id>' (another pending job holds the slot), 'not_pending'
 
 local K = {
-  slots = KEYS[1], followups = KEYS[3], scheduled = KEYS[4], started = KEYS[5],
+  slots = KEYS[1], followups = KEYS[3], scheduled = KEYS[4], started = KEYS[5], intermediate = KEYS[6],
   job_prefix = ARGV[1], exec_prefix = ARGV[2],
 }
 local gc_key = KEYS[2]

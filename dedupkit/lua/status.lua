@@ -6,6 +6,7 @@
 -- KEYS[3]  scheduled zset   rq:scheduled:<q>
 -- KEYS[4]  started zset     rq:wip:<q>
 -- KEYS[5]  last-run hash    <ns>:last:<q>
+-- KEYS[6]  intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
 -- ARGV[1]  job key prefix   "rq:job:"
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3..] fields          encoded dedup keys, at least one
@@ -16,7 +17,7 @@
 --        holder is over but its slot not yet reused, last is read from the holder itself.
 
 local K = {
-  slots = KEYS[1], followups = KEYS[2], scheduled = KEYS[3], started = KEYS[4],
+  slots = KEYS[1], followups = KEYS[2], scheduled = KEYS[3], started = KEYS[4], intermediate = KEYS[6],
   job_prefix = ARGV[1], exec_prefix = ARGV[2],
 }
 local last_key, now = KEYS[5], dk_now()

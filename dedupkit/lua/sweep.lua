@@ -11,6 +11,7 @@
 -- KEYS[7]  started zset     rq:wip:<q>
 -- KEYS[8]  deferred zset    rq:deferred:<q>
 -- KEYS[9]  last-run hash    <ns>:last:<q>
+-- KEYS[10] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
 -- ARGV[1]  job key prefix   "rq:job:"
 -- ARGV[2]  executions prefix "rq:executions:"
 -- ARGV[3]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
@@ -20,7 +21,7 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], last = KEYS[9], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[4],
+  deferred = KEYS[8], last = KEYS[9], intermediate = KEYS[10], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[4],
 }
 local gc_key, stats_key, now_text = KEYS[2], KEYS[3], ARGV[3]
 
