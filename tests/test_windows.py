@@ -405,3 +405,28 @@ def test_rqs_intermediate_cleanup_retrying_a_stuck_job_keeps_the_key(dedup: Dedu
     conn.lrem(queue.intermediate_queue_key, 1, adm.job_id)  # the cleanup's last step
     status = dedup.status("u")
     assert status.state is JobState.SCHEDULED and status.job_id == adm.job_id
+
+
+def test_a_popped_job_whose_worker_died_after_creating_its_execution_is_not_held_forever(queue: Queue) -> None:
+    """The step matrix on RQ 3 (two-queues k=50): the worker LPOPed the id, created the
+    execution (a lease in rq:wip), and died before the horse wrote 'started'. RQ 2's
+    cleanup fails such a job; RQ 3's settles only 'started' jobs and just drops the
+    expired entry, leaving it 'queued' in no list. Either way the key must not stay
+    taken: after RQ's cleanup, a cancel marks it and due_margin later it is free."""
+    from rq import Worker
+    from rq.executions import prepare_execution
+
+    conn = queue.connection
+    dedup = Deduplicator(queue, due_margin=0.3)
+    adm = dedup.enqueue("u", TASK, "e")
+    _pop_and_die(queue, Queue("other", connection=conn))
+    worker = Worker([queue], connection=conn, name="died-after-prepare")
+    prepare_execution(worker, Job.fetch(adm.job_id, connection=conn))  # the lease, then the worker dies
+    assert dedup.is_running("u")
+    assert worker.execution is not None
+    rqstate.heartbeat(conn, queue, worker.execution, lease=-1)  # the lease runs out
+    StartedJobRegistry(queue=queue).cleanup()  # RQ's maintenance
+    dedup.cancel("u")  # finds it in no list: marks it (RQ 3), or it is already failed (RQ 2)
+    time.sleep(0.5)
+    assert not dedup.has_pending("u")
+    assert dedup.enqueue("u", TASK, "after").admitted

@@ -8,7 +8,7 @@
 --
 -- dk_now()        Redis server time, epoch seconds (float). The scripts trust this clock
 --                 for every lease and due time: one clock for every client.
--- dk_lease(K, job_id, now) -> 'live' | 'expired' | nil   the job's RQ execution leases
+-- dk_lease(K, job_id, now, wip_only) -> 'live' | 'expired' | nil   the job's RQ execution leases
 -- dk_pending(K, job_id, now)     THE rule for "pending", used by every script:
 --   -> {state, enqueued_at, started_at, scheduled_for}  the job holds its key; state is
 --      'queued', 'scheduled', 'deferred', 'started' (running, or RQ must still settle it),
@@ -45,7 +45,7 @@ end
 -- ExecutionRegistry.add), so without a wip entry that score less 60 s is the lease.
 -- That zset also outlives a job hash dropped by a ttl or an eviction.
 local DK_EXEC_SLACK = 60
-local function dk_lease(K, job_id, now)
+local function dk_lease(K, job_id, now, wip_only)
   local found = nil
   local function live(score)
     return score == 'inf' or score == '+inf' or tonumber(score) > now
@@ -58,7 +58,7 @@ local function dk_lease(K, job_id, now)
         return 'live'
       end
       found = 'expired'
-    elseif (tonumber(execs[i + 1]) or 0) - DK_EXEC_SLACK > now then
+    elseif not wip_only and (tonumber(execs[i + 1]) or 0) - DK_EXEC_SLACK > now then
       return 'live'
     end
   end
@@ -69,10 +69,11 @@ end
 -- milliseconds (its execution appears) unless it died in between. A worker of one queue
 -- moves the id into rq:queue:<q>:intermediate, which RQ's maintenance later fails; a
 -- worker of several queues (or on Redis < 6.2) LPOPs it, and a death between that pop
--- and its start loses the job with no trace RQ would ever act on: 'queued' forever. The
--- scripts that look for the id in the list (cancel, replace) mark such a job in its own
--- hash, "<its enqueued_at>|<lost from>": past that time, still queued, still in no list
--- and without an execution, it is lost. RQ's retry, repeat and requeue write a new
+-- and its start loses the job with no trace RQ would ever act on: 'queued' forever (on
+-- RQ 3 also when it died just after creating the execution: RQ 3's cleanup settles only
+-- 'started' jobs). The scripts that look for the id in the list (cancel, replace) mark
+-- such a job in its own hash, "<its enqueued_at>|<lost from>": past that time, still
+-- queued and without a wip entry, it is lost. RQ's retry, repeat and requeue write a new
 -- enqueued_at, which voids the mark.
 local DK_ADRIFT = 'dedupkit_adrift'
 
@@ -129,7 +130,10 @@ local function dk_pending(K, job_id, now)
   local status = f[1]
   -- 'origin' is written with every job; a hash without it is a heartbeat ghost (rq#1450).
   local whole = status and f[2]
-  local lease = dk_lease(K, job_id, now)
+  -- A queued job has no execution RQ could have taken its wip entry from (RQ's cancel or
+  -- delete of a running job): for it only the wip entry counts. RQ 3's cleanup removes
+  -- the expired entry of a job that never reached 'started' and leaves it queued.
+  local lease = dk_lease(K, job_id, now, status == 'queued')
   local enqueued_at, started_at = f[3] or '', f[4] or ''
   -- 1. A live lease: a horse runs it, whatever the status or hash says (RQ's own
   --    Job.cancel of a running job, a hash dropped by its ttl or an eviction, a retry
@@ -255,13 +259,10 @@ local function dk_resolve(K, field, now, write, enqueued_at)
   return follow, nil, freason, nil
 end
 
--- Called when a queued job is in neither the queue nor the intermediate list: mark it
--- (see dk_lost) unless it has an execution (RQ's maintenance settles those).
+-- Called when a queued job without a live lease is in neither the queue nor the
+-- intermediate list: mark it (see dk_lost).
 local function dk_adrift(K, job_id, info, now, margin)
   local job_key = K.job_prefix .. job_id
-  if redis.call('EXISTS', K.exec_prefix .. job_id) == 1 then
-    return
-  end
   local mark = redis.call('HGET', job_key, DK_ADRIFT)
   if not mark or string.sub(mark, 1, #info[2] + 1) ~= info[2] .. '|' then
     redis.call('HSET', job_key, DK_ADRIFT, info[2] .. '|' .. (now + margin))
