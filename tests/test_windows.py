@@ -24,6 +24,7 @@ from dedupkit import Deduplicator, JobState
 from . import rqstate
 
 TASK = "tests.tasks.work"
+RQ_MAJOR = int(rq.__version__.split(".")[0])
 
 
 def _kill_horse(conn: redis.Redis, queue: Queue, job_id: str, retries: int) -> None:
@@ -226,7 +227,7 @@ def test_a_running_job_deleted_by_rq_leaves_a_gap_the_readme_names(dedup: Dedupl
 
 
 @pytest.mark.rq_version
-@pytest.mark.skipif(int(rq.__version__.split(".")[0]) >= 3,
+@pytest.mark.skipif(RQ_MAJOR >= 3,
                     reason="RQ 3 passes the execution to handle_job_success and keeps it across the retry")
 @pytest.mark.parametrize("retries", [1, 0])
 def test_a_success_retried_after_a_watch_error_keeps_the_key_while_rq_may_revive_it(
@@ -285,8 +286,6 @@ def test_a_success_retried_after_a_watch_error_keeps_the_key_while_rq_may_revive
         assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.FAILED  # RQ: "abandoned"
         assert dedup.enqueue("u", TASK, "after").admitted
 
-
-RQ_MAJOR = int(rq.__version__.split(".")[0])
 
 
 def _pop_and_die(queue: Queue, *others: Queue) -> str:
