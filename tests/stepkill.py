@@ -142,12 +142,14 @@ if os.environ.get("STEPKILL_DIR"):
 class StepKillWorker(Worker):
     """RQ's forking Worker with 2 s of lease slack instead of 60 s."""
 
-    def get_heartbeat_ttl(self, job: Job) -> int:
-        return int(super().get_heartbeat_ttl(job)) - _RQ_SLACK + LEASE_SLACK
+    def get_heartbeat_ttl(self, job: Job, *args: Any, **kwargs: Any) -> int:
+        # RQ 3 passes working_time= (RQ 2 reads it from the worker): pass on what RQ passes.
+        return int(super().get_heartbeat_ttl(job, *args, **kwargs)) - _RQ_SLACK + LEASE_SLACK
 
 
 class StepKillSimpleWorker(SimpleWorker):
     """RQ's SimpleWorker (no fork, no heartbeat mid-job): lease = job timeout + 2 s."""
 
-    def get_heartbeat_ttl(self, job: Job) -> int:
-        return int(super().get_heartbeat_ttl(job)) - _RQ_SLACK + LEASE_SLACK
+    def get_heartbeat_ttl(self, job: Job, *args: Any, **kwargs: Any) -> int:
+        # RQ 3 passes working_time= (RQ 2 reads it from the worker): pass on what RQ passes.
+        return int(super().get_heartbeat_ttl(job, *args, **kwargs)) - _RQ_SLACK + LEASE_SLACK
