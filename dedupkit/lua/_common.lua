@@ -148,7 +148,7 @@ local function dk_pending(K, job_id, now)
   if status == 'queued' or status == 'deferred' then
     -- 'queued' counts whether or not the id is still in the list: a worker dequeues in
     -- two steps and the id sits in neither list nor registry in between. Unless
-    -- dk_adrift found it in no list, without an execution, and that is long past.
+    -- dk_adrift found it in no list, and that is long past with still no wip entry.
     if status == 'queued' and not lease and dk_lost(f[6], enqueued_at, now) then
       return nil, 'lost'
     end
