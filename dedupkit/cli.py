@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from . import follow_ups
 from .deduplicator import Deduplicator
 from .errors import DedupkitError
+from .keys import normalize_key
 from .models import SlotStatus
 from .scheduler import Scheduler
 from .scripts import redis_errors
@@ -169,6 +170,8 @@ def _queue_sizes(dedup: Deduplicator) -> dict[str, int]:
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    if args.key is not None:
+        normalize_key(args.key)  # a bad key is the caller's error, whatever the server's state
     dedup = _known_queue(_dedup(args))
     if args.key is not None:
         status = dedup.status(args.key)

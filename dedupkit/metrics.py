@@ -26,7 +26,8 @@ except ImportError as exc:  # the optional extra is not installed
         f"dedupkit.metrics needs prometheus_client ({exc}): install the metrics extra, "
         "pip install \"rq-dedupkit[metrics]\"", name=exc.name) from exc
 
-from . import follow_ups, scripts
+from . import scripts
+from .follow_ups import waiting as waiting_follow_ups
 from .deduplicator import Deduplicator
 
 DECISIONS = ("admitted", "conflict", "replaced", "follow_up", "recovered", "dead", "cancelled", "swept",
@@ -58,7 +59,7 @@ class DedupkitCollector(Collector):
                 pipe.zcard(k.started)
                 pipe.zcard(k.deferred)
                 stats, n_slots, queued, scheduled, started, deferred = pipe.execute()
-            n_follow = follow_ups.waiting(dedup)
+            n_follow = waiting_follow_ups(dedup)
             counts = {key.decode(): int(value) for key, value in stats.items()}
             for decision in sorted(set(DECISIONS) | set(counts)):
                 decisions.add_metric([name, decision], counts.get(decision, 0))
