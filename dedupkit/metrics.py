@@ -27,8 +27,8 @@ except ImportError as exc:  # the optional extra is not installed
         "pip install \"rq-dedupkit[metrics]\"", name=exc.name) from exc
 
 from . import scripts
-from .follow_ups import waiting as waiting_follow_ups
 from .deduplicator import Deduplicator
+from .follow_ups import waiting as waiting_follow_ups
 
 DECISIONS = ("admitted", "conflict", "replaced", "follow_up", "recovered", "dead", "cancelled", "swept",
              "collision", "error")
