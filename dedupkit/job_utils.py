@@ -34,7 +34,7 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 
-from . import keys, legacy
+from . import keys, legacy, scripts
 from .deduplicator import Deduplicator
 from .errors import InvalidRequestError, RedisUnavailableError, ScriptError
 from .models import Admission, SlotStatus
@@ -123,8 +123,11 @@ def _view(redis_conn: Redis, user_id: keys.Key, queue_name: str, what: str) -> _
 
 def _warn_unknown_queue(dedup: Deduplicator) -> None:
     name = dedup.queue.name
-    if name in _warned_queues or dedup.connection.sismember(dedup.keys.queues, dedup.keys.queue):
+    if name in _warned_queues:
         return
+    with scripts.redis_errors():
+        if dedup.connection.sismember(dedup.keys.queues, dedup.keys.queue):
+            return
     _warned_queues.add(name)
     logger.warning("Queue %r is unknown to RQ (no job was ever enqueued on it): job_utils functions look only at "
                    "the queue_name they are given (default 'default'); pass the queue your jobs use", name)

@@ -473,8 +473,8 @@ def test_202_and_409_carry_the_complete_status_last_run_included(app: Flask, rea
     status = client.get(STATUS).get_json()["job_status"]
     assert (admitted.status_code, conflict.status_code) == (202, 409)
     for body in (admitted.get_json(), conflict.get_json()):
-        assert body["job_status"]["last_run"] is not None
-        assert body["job_status"]["last_run"]["job_id"] == first and body["job_status"]["last_run"]["status"] == "finished"
+        last = body["job_status"]["last_run"]
+        assert last is not None and (last["job_id"], last["status"]) == (first, "finished")
     assert conflict.get_json()["job_status"] == status, "one answer, one complete status"
 
 
