@@ -56,8 +56,8 @@ def port_problem(host: str, port: int) -> str | None:
 def port_hint(host: str, port: int, why: str) -> str:
     taken = "in use" in why.lower()
     return (f"demo: cannot serve the app on {host}:{port} ({why}). "
-            + ("Another program is using that port; " if taken else "")
-            + f"pick another: make demo PORT={port + 1} (or PORT=0 for any free port; "
+            + ("Another program is using that port; pick another" if taken else "Pick another port")
+            + f": make demo PORT={port + 1} (or PORT=0 for any free port; "
             f"python -m examples.flask_app.demo --port N)")
 
 
