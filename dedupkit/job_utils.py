@@ -6,8 +6,9 @@ found the user's jobs by scanning RQ's queue and registries for ids that start w
 user's dedupkit slot (one O(1) script call) **and**, while ``legacy_scan`` is on (the
 default), from that same scan, classifying each job it finds by RQ's own status. So a job
 the old code enqueued (``queue.enqueue(f, job_id=generate_job_id(uid))``) is seen, as the
-replaced functions saw it. ``enqueue`` is the functional admission: it gives such a job
-the user's slot first (``adopt``), so no second job is admitted beside it.
+replaced functions saw it. A pending old-style job found on a free slot is given that
+slot (the ``adopt`` script), by ``enqueue`` (the functional admission) and by every query,
+so no second job is admitted beside it, whether by ``enqueue`` or a bare ``Deduplicator``.
 
 The job id prefix is set once by the application: ``configure(job_id_prefix=...)``. Its
 default is ``"job"``, the ``Deduplicator``'s own default, so the two APIs see the same
@@ -27,6 +28,7 @@ raise InvalidKeyError: that is a bug in the caller, not an outage. ``enqueue`` r
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -116,9 +118,30 @@ def _view(redis_conn: Redis, user_id: keys.Key, queue_name: str, what: str) -> _
         logger.error("Could not read the job status of user %s on queue %r: %s", user_id, queue_name, exc)
         return None
     view = _View(slot, found)
+    if found and not slot.pending:
+        _adopt(dedup, user_id, found)
     logger.debug("%s(user %s) looked at queue %r: slot %s, old-style pending %s", what, user_id, queue_name,
                  slot.job_id if slot.pending else "free", [j.job_id for j in found] or "none")
     return view
+
+
+def _adopt(dedup: Deduplicator, user_id: keys.Key, found: Sequence[legacy.LegacyJob]) -> None:
+    """Give a pending old-style job the user's free slot (adopt.lua: only a free slot, only a
+    pending job), so that any later admission, by ``enqueue`` or a bare ``Deduplicator``,
+    answers a conflict with it. A failure here (a read-only replica, say) is logged: it
+    never changes the answer of a query."""
+    try:
+        _adopt_or_raise(dedup, user_id, found)
+    except (RedisUnavailableError, ScriptError) as exc:
+        logger.warning("Could not give user %s's old-style job %s the slot on queue %r: %s", user_id,
+                       found[0].job_id, dedup.queue.name, exc)
+
+
+def _adopt_or_raise(dedup: Deduplicator, user_id: keys.Key, found: Sequence[legacy.LegacyJob]) -> None:
+    answers = legacy.adopt(dedup, user_id, found)
+    if "adopted" in answers:
+        logger.info("User %s: old-style job %s on queue %r now holds the user's slot", user_id,
+                    found[answers.index("adopted")].job_id, dedup.queue.name)
 
 
 def _warn_unknown_queue(dedup: Deduplicator) -> None:
@@ -198,9 +221,5 @@ def enqueue(redis_conn: Redis, user_id: keys.Key, func: Any, *args: Any, queue_n
     """
     dedup = deduplicator(redis_conn, queue_name)
     if _config.legacy_scan:
-        found = legacy.scan(dedup, user_id, _config.job_id_prefix)
-        answers = legacy.adopt(dedup, user_id, found)
-        if any(a == "adopted" for a in answers):
-            logger.info("User %s: old-style job %s on queue %r now holds the user's slot", user_id,
-                        found[answers.index("adopted")].job_id, queue_name)
+        _adopt_or_raise(dedup, user_id, legacy.scan(dedup, user_id, _config.job_id_prefix))
     return dedup.enqueue(user_id, func, *args, on_conflict=on_conflict, **kwargs)

@@ -80,6 +80,18 @@ def test_an_old_style_job_is_seen_and_blocks_a_second_admission(conn: redis.Redi
     assert [j for j in queue.get_job_ids() if j.startswith("email_process_5_")] == [old.id]
 
 
+def test_a_query_gives_the_old_job_the_slot_so_a_bare_deduplicator_sees_it(conn: redis.Redis) -> None:
+    """The seed's pattern, half migrated: ask job_utils, then admit with a Deduplicator."""
+    queue = Queue("default", connection=conn)
+    old = queue.enqueue(TASK, job_id=job_utils.generate_job_id(6))
+    dedup = Deduplicator(queue, job_id_prefix="email_process")
+    assert dedup.status(6).pending is False, "before: the slot knows nothing of it"
+    assert job_utils.has_user_job_pending(conn, 6)
+    assert dedup.status(6).job_id == old.id
+    conflict = dedup.enqueue(6, TASK)
+    assert not conflict.admitted and conflict.job_id == old.id
+
+
 def test_old_style_jobs_are_classified_by_rqs_own_state(conn: redis.Redis) -> None:
     queue = Queue("default", connection=conn)
     scheduled = queue.enqueue_in(timedelta(hours=1), TASK, job_id=job_utils.generate_job_id(1))
@@ -100,8 +112,10 @@ def test_old_style_jobs_are_classified_by_rqs_own_state(conn: redis.Redis) -> No
     for uid, job in ((1, scheduled), (2, running), (3, deferred)):
         assert job_utils.get_user_job_status(conn, uid)["job_id"] == job.id
 
+    unseen = queue.enqueue(TASK, job_id=job_utils.generate_job_id(11))
     job_utils.configure(legacy_scan=False)
-    assert not job_utils.has_user_job_pending(conn, 1), "the scan off: slots only"
+    assert not job_utils.has_user_job_pending(conn, 11), f"the scan off: slots only ({unseen.id} not seen)"
+    assert job_utils.has_user_job_pending(conn, 1), "a query with the scan on gave job 1 its slot"
 
 
 @pytest.mark.skipif(RateLimit is None, reason="RQ 3 only: rate limits")
