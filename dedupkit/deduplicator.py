@@ -514,9 +514,10 @@ class Deduplicator:
         """Give pending jobs enqueued before dedupkit their key's slot (a one-off migration).
 
         ``id_pattern`` describes the old job ids, ``{key}`` where the key is and ``*`` for
-        anything, e.g. ``"email_process_{key}_*"``. Reads RQ's queue and its scheduled,
-        started, deferred and (RQ 3) ready registries in pages (a one-off scan, not a hot
-        path); RQ 3's rate-limited jobs wait in per-limit registries and are not read.
+        anything, e.g. ``"email_process_{key}_*"``. Reads RQ's queue, its list of ids a
+        worker has just dequeued, its scheduled, started, deferred and (RQ 3) ready
+        registries in pages (a one-off scan, not a hot path); RQ 3's rate-limited jobs wait
+        in per-limit registries and are not read.
         Returns counts: adopted, already, held (another pending job had the slot: a
         duplicate from before dedupkit), not_pending, unmatched.
         """
@@ -561,6 +562,8 @@ class Deduplicator:
             while ids := cast(list[bytes], conn.lrange(k.queue, start, start + page - 1)):
                 yield from (i.decode() for i in ids)
                 start += page
+            # ids a worker has dequeued and not yet marked started (status still 'queued')
+            yield from (i.decode() for i in cast(list[bytes], conn.lrange(k.intermediate, 0, -1)))
             ready = getattr(self.queue, "ready_job_registry", None)  # RQ 3: dependents on their way to the queue
             for zkey in (k.scheduled, k.started, k.deferred, *([ready.key] if ready is not None else [])):
                 for member, _ in conn.zscan_iter(zkey, count=page):

@@ -58,10 +58,8 @@ def _ids(dedup: Deduplicator) -> Iterator[str]:
     scheduled, started, deferred and (RQ 3) ready registries, and (RQ 3) the jobs waiting
     for a rate limit (per limit, across queues)."""
     yield from dedup._rq_job_ids(PAGE)
-    conn = dedup.connection
-    yield from (i.decode() for i in cast(list[bytes], conn.lrange(dedup.keys.intermediate, 0, -1)))
     if RateLimitRegistry is not None:
-        for registry in RateLimitRegistry.all(connection=conn):
+        for registry in RateLimitRegistry.all(connection=dedup.connection):
             yield from registry.get_rate_limited_job_ids()
 
 

@@ -151,3 +151,9 @@ def test_the_seeds_own_scan_misses_a_job_a_worker_has_just_dequeued(real_redis: 
     assert not old_scan(queue, 4, intermediate=False), "the seed's scan is blind here"
     assert job_utils.has_user_job_pending(real_redis, 4, QUEUE) and job_utils.is_user_job_queued(real_redis, 4, QUEUE)
     assert not job_utils.enqueue(real_redis, 4, TASK, queue_name=QUEUE).admitted
+
+    # The migration's one-off adopt reads that list too.
+    other = old_enqueue(queue, 5)
+    real_redis.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT")
+    assert job_utils.deduplicator(real_redis, QUEUE).adopt("email_process_{key}_*")["adopted"] == 1
+    assert job_utils.deduplicator(real_redis, QUEUE).status(5).job_id == other.id
