@@ -16,8 +16,8 @@ jobs unless told otherwise; an application migrating from the seed sets the pref
 code used (the example app sets ``email_process``). The library hard-wires no app's name.
 
 A function looks at ONE queue, ``queue_name`` (default ``"default"``): a job on any other
-queue is not seen, and the answer is False. Each call logs (DEBUG) the queue it looked at,
-and warns once per queue when RQ does not know that queue at all.
+queue is not seen, and the answer is False. Each call logs (DEBUG) the queue it looked at;
+the first call on a queue (per process) warns when RQ does not know that queue at all.
 
 Unlike ``Deduplicator``, which raises RedisUnavailableError, these keep the contract of
 the code they replace: when Redis cannot be reached they log the error and return False
@@ -55,7 +55,7 @@ class _Config:
 
 
 _config = _Config()
-_warned_queues: set[str] = set()
+_checked_queues: set[str] = set()  # queue names asked about "unknown to RQ?" (once per process)
 
 
 def configure(*, job_id_prefix: str | None = None, legacy_scan: bool | None = None,
@@ -146,14 +146,15 @@ def _adopt_or_raise(dedup: Deduplicator, user_id: keys.Key, found: Sequence[lega
 
 def _warn_unknown_queue(dedup: Deduplicator) -> None:
     name = dedup.queue.name
-    if name in _warned_queues:
+    if name in _checked_queues:
         return
     with scripts.redis_errors():
-        if dedup.connection.sismember(dedup.keys.queues, dedup.keys.queue):
-            return
-    _warned_queues.add(name)
-    logger.warning("Queue %r is unknown to RQ (no job was ever enqueued on it): job_utils functions look only at "
-                   "the queue_name they are given (default 'default'); pass the queue your jobs use", name)
+        known = dedup.connection.sismember(dedup.keys.queues, dedup.keys.queue)
+    _checked_queues.add(name)
+    if not known:
+        logger.warning("Queue %r is unknown to RQ (no job was ever enqueued on it): job_utils functions look "
+                       "only at the queue_name they are given (default 'default'); pass the queue your jobs use",
+                       name)
 
 
 def is_user_job_running(redis_conn: Redis, user_id: keys.Key, queue_name: str = "default") -> bool:

@@ -27,7 +27,7 @@ TASK = "tests.tasks.work"
 def seed_prefix() -> Iterator[None]:
     """The seed's prefix, set once as an application migrating from it does; restored after."""
     job_utils.configure(job_id_prefix="email_process", legacy_scan=True)
-    job_utils._warned_queues.clear()  # warned once per process and queue
+    job_utils._checked_queues.clear()  # asked once per process and queue
     yield
     job_utils.configure(job_id_prefix=job_utils.DEFAULT_JOB_ID_PREFIX, legacy_scan=True)
 
