@@ -64,8 +64,9 @@ test-rq2: install-rq2 system-deps
 step-matrix: install system-deps
 	$(PY) -m tests.step_matrix --full --mode kill $(STEP_MATRIX_ARGS)
 
+# PORT=N serves the app on another port (default 5000; 0 = any free port).
 demo: $(VENV)/.demo-installed
-	$(PY) -m examples.flask_app.demo
+	$(PY) -m examples.flask_app.demo $(if $(PORT),--port $(PORT))
 
 clean:
 	rm -rf $(VENV) $(RQ2_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -32,8 +32,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from . import follow_ups
 from .deduplicator import Deduplicator
 from .errors import DedupkitError
+from .keys import normalize_key
 from .models import SlotStatus
 from .scheduler import Scheduler
 from .scripts import redis_errors
@@ -145,16 +149,30 @@ def _describe(status: SlotStatus) -> str:
     return f"{status.state.value if status.state else ''} {status.job_id} (age {_age(status)}{when}{follow})"
 
 
-def _queue_sizes(dedup: Deduplicator) -> dict[str, int]:
+def _known_queue(dedup: Deduplicator) -> Deduplicator:
+    """The Deduplicator, once RQ knows its queue (``rq:queues``); else a CliError naming the known ones."""
     conn, k = dedup.connection, dedup.keys
     with redis_errors():
-        return {"slots": int(conn.hlen(k.slots)), "follow_ups": int(conn.hlen(k.followups)),
+        if conn.sismember(k.queues, k.queue) or conn.exists(k.slots, k.stats):
+            return dedup
+        known = sorted(q.name for q in type(dedup.queue).all(connection=conn))
+    raise CliError(f"queue {dedup.queue.name!r} is unknown to RQ (no job was ever enqueued on it); "
+                   f"known queues: {', '.join(known) or 'none'}")
+
+
+def _queue_sizes(dedup: Deduplicator) -> dict[str, int]:
+    conn, k = dedup.connection, dedup.keys
+    waiting = follow_ups.waiting(dedup)
+    with redis_errors():
+        return {"slots": int(conn.hlen(k.slots)), "follow_ups": waiting,
                 "queued": int(conn.llen(k.queue)), "scheduled": int(conn.zcard(k.scheduled)),
                 "started": int(conn.zcard(k.started)), "deferred": int(conn.zcard(k.deferred))}
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    dedup = _dedup(args)
+    if args.key is not None:
+        normalize_key(args.key)  # a bad key is the caller's error, whatever the server's state
+    dedup = _known_queue(_dedup(args))
     if args.key is not None:
         status = dedup.status(args.key)
         _emit(args, status.to_dict(), [f"{args.queue} {status.key}: {_describe(status)}"])
@@ -167,7 +185,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    dedup = _dedup(args)
+    dedup = _known_queue(_dedup(args))
     cursor, rows = args.cursor, []
     while True:
         cursor, page = dedup.slots(cursor, count=args.count)
@@ -298,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except (CliError, DedupkitError) as exc:
         print(f"dedupkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RedisError as exc:  # one the library does not wrap (e.g. NOAUTH): still one line, never a traceback
+        print(f"dedupkit {args.command}: error: Redis answered {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
-from . import inline, requeue, scripts, server
+from . import callables, inline, legacy, requeue, scripts, server
 from .errors import (
     DedupkitError,
     EvictionPolicyError,
@@ -228,6 +228,7 @@ class Deduplicator:
             raise InvalidRequestError(f"args must be a tuple, not {type(request.args).__name__}")
         if not (isinstance(request.func, str) or callable(request.func)):
             raise InvalidRequestError(f"func must be a callable or a dotted path, not {type(request.func).__name__}")
+        callables.check_importable(request.func)
         options = dict(request.kwargs)
         for name, why in _REFUSED.items():
             if options.get(name) not in (None, False):
@@ -311,7 +312,7 @@ class Deduplicator:
         if limited:
             self._register_rate_limits(limited)
         replies = self._scripts.call(scripts.ADMIT, keys, args)
-        admissions = [self._admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
+        admissions = [_with_last_run(self._admission(p, reply), reply) for p, reply in zip(batch, replies, strict=True)]
         _raise_refusal(admissions)
         if limited:
             admissions = self._acquire_rate_limits(batch, admissions)
@@ -513,9 +514,10 @@ class Deduplicator:
         """Give pending jobs enqueued before dedupkit their key's slot (a one-off migration).
 
         ``id_pattern`` describes the old job ids, ``{key}`` where the key is and ``*`` for
-        anything, e.g. ``"email_process_{key}_*"``. Reads RQ's queue and its scheduled,
-        started, deferred and (RQ 3) ready registries in pages (a one-off scan, not a hot
-        path); RQ 3's rate-limited jobs wait in per-limit registries and are not read.
+        anything, e.g. ``"email_process_{key}_*"``. Reads RQ's queue, its list of ids a
+        worker has just dequeued, its scheduled, started, deferred and (RQ 3) ready
+        registries in pages (a one-off scan, not a hot path); RQ 3's rate-limited jobs wait
+        in per-limit registries and are not read.
         Returns counts: adopted, already, held (another pending job had the slot: a
         duplicate from before dedupkit), not_pending, unmatched.
         """
@@ -528,11 +530,8 @@ class Deduplicator:
         pairs: list[str] = []
 
         def flush() -> None:
-            k = self.keys
-            for reply in self._scripts.call(scripts.ADOPT, [k.slots, k.gc, k.followups, k.scheduled, k.started,
-                                                                           k.intermediate],
-                                            [k.job_prefix, k.executions_prefix, *pairs]):
-                counts[reply.decode().partition(":")[0]] += 1
+            for reply in legacy.adopt_pairs(self, pairs):
+                counts[reply.partition(":")[0]] += 1
             pairs.clear()
 
         for job_id in self._rq_job_ids(batch_size):
@@ -563,6 +562,8 @@ class Deduplicator:
             while ids := cast(list[bytes], conn.lrange(k.queue, start, start + page - 1)):
                 yield from (i.decode() for i in ids)
                 start += page
+            # ids a worker has dequeued and not yet marked started (status still 'queued')
+            yield from (i.decode() for i in cast(list[bytes], conn.lrange(k.intermediate, 0, -1)))
             ready = getattr(self.queue, "ready_job_registry", None)  # RQ 3: dependents on their way to the queue
             for zkey in (k.scheduled, k.started, k.deferred, *([ready.key] if ready is not None else [])):
                 for member, _ in conn.zscan_iter(zkey, count=page):
@@ -650,3 +651,9 @@ def _safe_key(key: object) -> str:
         return normalize_key(key)
     except DedupkitError:
         return repr(key)
+
+
+def _with_last_run(admission: Admission, reply: list[Any]) -> Admission:
+    """The admission with its key's last run (admit.lua's 10th reply field), so its status is complete."""
+    last = LastRun.parse(reply[9]) if len(reply) > 9 else None
+    return replace(admission, status=replace(admission.status, last_run=last)) if last else admission

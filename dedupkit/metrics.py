@@ -4,7 +4,9 @@
     REGISTRY.register(DedupkitCollector([dedup]))
 
 Every scrape costs one pipelined round trip per queue of O(1) commands (HGETALL of the
-small counters hash, HLEN, LLEN, ZCARD): no slot is scanned, however many there are.
+small counters hash, HLEN, LLEN, ZCARD), and two for ``dedupkit_follow_ups``, which counts
+only follow-ups RQ still defers (an entry stays in the follow-ups hash after its job ran:
+see ``dedupkit.follow_ups``): no slot is scanned, however many there are.
 ``dedupkit_slots`` counts occupied slot fields, including slots of ended jobs that gc has
 not collected yet; it is an upper bound of keys with a pending job, and the exact pending
 numbers are RQ's own sizes in ``dedupkit_rq_jobs``.
@@ -15,12 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+try:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # the optional extra is not installed
+    raise ImportError(
+        f"dedupkit.metrics needs prometheus_client ({exc}): install the metrics extra, "
+        "pip install \"rq-dedupkit[metrics]\"", name=exc.name) from exc
 
 from . import scripts
 from .deduplicator import Deduplicator
+from .follow_ups import waiting as waiting_follow_ups
 
 DECISIONS = ("admitted", "conflict", "replaced", "follow_up", "recovered", "dead", "cancelled", "swept",
              "collision", "error")
@@ -46,12 +54,12 @@ class DedupkitCollector(Collector):
             with scripts.redis_errors(), dedup.connection.pipeline(transaction=False) as pipe:
                 pipe.hgetall(k.stats)
                 pipe.hlen(k.slots)
-                pipe.hlen(k.followups)
                 pipe.llen(k.queue)
                 pipe.zcard(k.scheduled)
                 pipe.zcard(k.started)
                 pipe.zcard(k.deferred)
-                stats, n_slots, n_follow, queued, scheduled, started, deferred = pipe.execute()
+                stats, n_slots, queued, scheduled, started, deferred = pipe.execute()
+            n_follow = waiting_follow_ups(dedup)
             counts = {key.decode(): int(value) for key, value in stats.items()}
             for decision in sorted(set(DECISIONS) | set(counts)):
                 decisions.add_metric([name, decision], counts.get(decision, 0))

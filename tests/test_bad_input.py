@@ -159,3 +159,43 @@ def test_bad_constructor_arguments(fake_redis: redis.Redis) -> None:
         Deduplicator(Queue("q", connection=fake_redis), job_id_prefix="bad prefix")
     with pytest.raises(InvalidRequestError):
         Deduplicator(Queue("q", connection=fake_redis), namespace="")
+
+
+def _make_nested() -> object:
+    def nested() -> None:
+        pass
+    return nested
+
+
+class _Local:
+    @staticmethod
+    def module_level_static() -> None:
+        pass
+
+
+@pytest.mark.parametrize(("func", "words"), [
+    (lambda: None, "is a lambda"),
+    (_make_nested(), "is defined inside a function"),
+])
+def test_lambda_or_nested_function_is_refused_at_the_call(fake_redis: redis.Redis, func: object,
+                                                           words: str) -> None:
+    """RQ accepts them and only its worker finds out (it imports by dotted path); dedupkit
+    refuses them before anything is written or any key is held."""
+    from dedupkit import EnqueueRequest
+
+    dedup = Deduplicator(Queue("test", connection=fake_redis))
+    for call in (lambda: dedup.enqueue("u", func), lambda: dedup.enqueue_in(timedelta(1), "u", func),
+                 lambda: dedup.enqueue_many([EnqueueRequest("u", func)])):
+        with pytest.raises(InvalidRequestError, match=words):
+            call()
+    assert fake_redis.dbsize() == 0 and not dedup.has_pending("u")
+
+
+def test_importable_callables_are_admitted(fake_redis: redis.Redis) -> None:
+    from tests import tasks
+
+    dedup = Deduplicator(Queue("test", connection=fake_redis))
+    assert dedup.enqueue("a", tasks.work, "x").admitted
+    assert dedup.enqueue("b", _Local.module_level_static).admitted
+    assert dedup.enqueue("c", "workers_only.tasks.process").admitted, "a dotted path stays unimported"
+    assert dedup.enqueue("d", print).admitted

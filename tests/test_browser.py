@@ -1,7 +1,9 @@
 """The page in headless Chromium (Debian chromium + chromium-driver, driven by Selenium):
 sign in, click TRIGGER PROCESSING twice quickly, see the success then the conflict, ask
-for a follow-up run while the job runs, watch the status follow the real jobs run by a
-real rq worker and the last run appear; the admin page lists a slot and cancels it."""
+for a follow-up run while the job runs, click a third time and read what waits, watch the
+status and the messages follow the real jobs run by a real rq worker (in words, no job
+ids) and the last run appear; the admin lands on the admin page, which lists a slot and
+cancels it; a non-admin opening /admin gets the app's own page."""
 
 from __future__ import annotations
 
@@ -59,10 +61,10 @@ def browser() -> Iterator[Any]:
 
 
 def make_app(tmp_path: Path, real_server: RedisServer) -> Any:
-    # 3 s jobs: time to see "running" (the page polls every second) and ask for a follow-up.
+    # 4 s jobs: time to see "running" (the page polls every second), ask for a follow-up and click again.
     return create_app({"SECRET_KEY": "browser", "DATABASE": str(tmp_path / "app.sqlite3"),
                        "REDIS_URL": real_server.url, "SEED_DEMO_USERS": True, "DEMO_PASSWORD": PASSWORD,
-                       "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000", "JOB_SECONDS": 3.0})
+                       "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000", "JOB_SECONDS": 4.0})
 
 
 @pytest.fixture
@@ -118,14 +120,15 @@ def test_trigger_twice_shows_success_then_conflict(browser: Any, site: Backgroun
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 2)
     first, second = browser.find_elements(By.CSS_SELECTOR, "#history li")
     assert first.get_attribute("data-kind") == "success"
-    assert re.search(r"Email processing started \(job email_process_\d+_\d+\)\.$", first.text), first.text
+    assert first.text.endswith(" — Email processing started."), first.text
     assert second.get_attribute("data-kind") == "conflict"
     message = browser.find_element(By.ID, "message").text
     assert CONFLICT.match(message), message
 
     # The page keeps the status fresh while the job is pending: running, then done.
     wait.until(lambda d: status.get_attribute("data-state") == "running")
-    assert status.text.startswith("Job email_process_") and " is running" in status.text
+    assert re.fullmatch(r"Your email processing job is running( since .+)?\.", status.text), status.text
+    assert "email_process" not in browser.find_element(By.TAG_NAME, "main").text, "no raw job ids for end users"
 
     # A click while it runs: the conflict, and the offer to run again after it.
     button.click()
@@ -138,15 +141,27 @@ def test_trigger_twice_shows_success_then_conflict(browser: Any, site: Backgroun
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 4)
     fourth = browser.find_elements(By.CSS_SELECTOR, "#history li")[3]
     assert fourth.get_attribute("data-kind") == "success"
-    assert re.search(r"A follow-up run \(job email_process_\d+_\d+\) will start after the current job\.$",
-                     fourth.text), fourth.text
+    assert fourth.text.endswith(" — A follow-up run will start when the current job ends."), fourth.text
     wait.until(lambda d: status.get_attribute("data-follow-up"))
-    assert " is running" in status.text and "A follow-up run is waiting (job email_process_" in status.text
+    assert " is running" in status.text
+    assert status.text.endswith("A follow-up run is waiting: it will start when this one ends."), status.text
     assert not offer.is_displayed()
 
-    # The job ends, the follow-up runs after it, then nothing is pending.
+    # A third click, a follow-up already waiting: the conflict says what waits and when it runs.
+    button.click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 5)
+    assert browser.find_element(By.ID, "message").text == (
+        "Your email processing job is running, and a follow-up run is already waiting: "
+        "it will start when the current job ends."), browser.find_element(By.ID, "message").text
+    assert not offer.is_displayed()
+    assert "email_process" not in browser.find_element(By.TAG_NAME, "main").text
+
+    # The job ends, the follow-up runs after it, then nothing is pending: no message about
+    # those jobs stays beside that line (the orange conflict is gone; the history keeps it).
     wait.until(lambda d: status.get_attribute("data-state") == "none")
     assert status.text == "No email processing job is pending."
+    wait.until(lambda d: browser.find_element(By.ID, "message").text == "")
+    assert browser.find_element(By.ID, "message").get_attribute("class") == "message"
     wait.until(lambda d: automation.text != before)  # the worker wrote the new last_check_time
     wait.until(lambda d: last_run.get_attribute("data-status") == "finished")
     assert LAST_RUN_FINISHED.match(last_run.text), last_run.text
@@ -157,8 +172,51 @@ def test_trigger_twice_shows_success_then_conflict(browser: Any, site: Backgroun
     assert alice and len(db.runs(path, alice.id)) == 2
 
     button.click()  # the slot is free again
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 5)
-    assert browser.find_elements(By.CSS_SELECTOR, "#history li")[4].get_attribute("data-kind") == "success"
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 6)
+    assert browser.find_elements(By.CSS_SELECTOR, "#history li")[5].get_attribute("data-kind") == "success"
+
+
+def test_conflict_message_goes_when_the_job_ends(browser: Any, site: BackgroundServer) -> None:
+    """The issue's case: a conflict (no follow-up asked), then the job ends: the orange
+    message does not stay next to "No email processing job is pending"."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    sign_in(browser, site.url, "bob")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Email Automation")
+    status = browser.find_element(By.ID, "job-status")
+    button = browser.find_element(By.ID, "trigger")
+    button.click()
+    button.click()
+    message = browser.find_element(By.ID, "message")
+    wait.until(lambda d: message.get_attribute("data-kind") == "conflict")
+    wait.until(lambda d: message.text.endswith("Status: running."))  # re-worded as the job moved on
+    wait.until(lambda d: status.get_attribute("data-state") == "none")
+    wait.until(lambda d: message.text == "")
+    assert status.text == "No email processing job is pending."
+    assert [li.get_attribute("data-kind") for li in browser.find_elements(By.CSS_SELECTOR, "#history li")] == [
+        "success", "conflict"], "the history keeps what was said"
+
+
+def test_non_admin_on_admin_page_gets_the_apps_page(browser: Any, idle_site: BackgroundServer) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 15, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    sign_in(browser, idle_site.url, "carol")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Email Automation")
+    browser.get(f"{idle_site.url}/admin")
+    title = browser.find_element(By.ID, "error-title")
+    assert title.text == "Not allowed" and title.get_attribute("data-code") == "403"
+    assert browser.find_element(By.ID, "error-description").text == (
+        "This page is for administrators; you are signed in as carol.")
+    assert browser.find_element(By.ID, "username").text == "carol", "the app's header, not Werkzeug's bare page"
+    assert "Forbidden" not in browser.page_source
+    browser.find_element(By.ID, "back-link").click()
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Email Automation")
 
 
 @pytest.fixture
@@ -183,9 +241,8 @@ def test_admin_sees_the_slot_and_the_counters_and_cancels_a_queued_job(browser: 
 
     wait = WebDriverWait(browser, 15, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     sign_in(browser, idle_site.url, "admin")
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Email Automation")
-    browser.find_element(By.ID, "admin-link").click()
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Admin")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Admin")  # an admin lands on the admin page
+    assert browser.current_url.endswith("/admin")
 
     def counter(name: str) -> str:
         return str(browser.find_element(By.CSS_SELECTOR, f'tr[data-counter="{name}"] td').text)
@@ -204,6 +261,10 @@ def test_admin_sees_the_slot_and_the_counters_and_cancels_a_queued_job(browser: 
     assert counter("cancelled") == "1"
     assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-key="{bob.id}"][data-state="queued"]')
     assert not app.extensions["dedupkit"].has_pending(bob.id)
+
+    browser.find_element(By.LINK_TEXT, "Email Automation").click()  # the admin's own page says why it is empty
+    wait.until(lambda d: d.find_element(By.ID, "automation").text != "Loading…")
+    assert browser.find_element(By.ID, "automation").text == "Automatic checks are not set up for this account."
 
     browser.get(f"{idle_site.url}/metrics")
     assert 'dedupkit_decisions_total{decision="cancelled",queue="email_processing"} 1.0' in browser.page_source

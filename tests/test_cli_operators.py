@@ -79,3 +79,45 @@ def test_console_script_is_installed(real_server: RedisServer) -> None:
     out = subprocess.run([str(exe), "stats", "nothing", "--url", real_server.url], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "no decisions yet" in out.stdout
+
+
+DOWN = "redis://127.0.0.1:1/0"
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", "ops"], ["status", "ops", "k"], ["list", "ops"], ["list", "ops", "--all"], ["cancel", "ops", "k"],
+    ["stats", "ops"], ["sweep", "ops"], ["adopt", "ops", "--id-pattern", "email_process_{key}_*"],
+    ["requeue", "ops", "--all"], ["requeue", "ops", "job_1_1"],
+], ids=lambda argv: "-".join(a for a in argv if not a.startswith("email")))
+def test_every_subcommand_with_redis_down_prints_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([*argv, "--url", DOWN])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.err.startswith(f"dedupkit {argv[0]}: error: Redis is unavailable")
+
+
+def test_a_redis_error_the_library_does_not_wrap_is_one_line_too(real_server: RedisServer,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that wants a password answers NOAUTH, a ResponseError: still one line, exit 2."""
+    conn = redis.Redis.from_url(real_server.url)
+    conn.config_set("requirepass", "secret")
+    try:
+        for argv in (["status", "ops"], ["stats", "ops"], ["list", "ops"]):
+            code = main([*argv, "--url", real_server.url])
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("\n") == 1 and err.startswith(f"dedupkit {argv[0]}: error: "), err
+    finally:
+        redis.Redis.from_url(real_server.url, password="secret").config_set("requirepass", "")
+
+
+def test_status_of_a_queue_rq_does_not_know(real_server: RedisServer, real_redis: redis.Redis,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    Queue("known", connection=real_redis).enqueue(TASK)
+    for argv in (["status", "nosuchqueue"], ["status", "nosuchqueue", "k"], ["list", "nosuchqueue"]):
+        code = main([*argv, "--url", real_server.url])
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == ""
+        assert "queue 'nosuchqueue' is unknown to RQ" in captured.err and "known queues: known" in captured.err
+    code, out = run(capsys, "status", "known", "--url", real_server.url)
+    assert code == 0 and "queued      1" in out

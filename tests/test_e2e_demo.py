@@ -101,3 +101,25 @@ def test_demo_serves_runs_a_job_conflicts_and_stops_on_ctrl_c(tmp_path: Path, re
         for pid in pids:  # the worker and scheduler run in their own sessions
             if _alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_taken_port_gets_the_demos_hint_before_anything_starts(tmp_path: Path) -> None:
+    """Port 5000 taken (here: any port we hold): one line saying how to pick another, exit 2,
+    no Werkzeug message, no Redis or worker started; and `make demo PORT=N` passes the port."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PORT=str(port))
+        env.pop("REDIS_URL", None)
+        out = subprocess.run([sys.executable, "-m", "examples.flask_app.demo", "--db", str(tmp_path / "d.sqlite3")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert f"cannot serve the app on 127.0.0.1:{port}" in out.stderr
+    assert f"make demo PORT={port + 1}" in out.stderr and "Address already in use" in out.stderr
+    assert "embedded Redis" not in out.stderr and "Either identify and stop" not in out.stderr
+    dry = subprocess.run(["make", "-n", "demo", "PORT=5123"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "-m examples.flask_app.demo --port 5123" in dry.stdout

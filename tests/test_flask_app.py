@@ -250,6 +250,10 @@ def test_follow_up_only_for_a_running_job_and_only_one(app: Flask, real_redis: r
     assert (js["job_id"], js["state"], js["follow_up_job_id"]) == (job_id, "running", follow["job_id"])
     trig = client.post(TRIGGER, headers=headers)  # the plain trigger stays on "reject"
     assert trig.status_code == 409 and trig.get_json()["job_status"]["follow_up_job_id"] == follow["job_id"]
+    # The third click's answer says what waits and when it runs.
+    assert trig.get_json()["error"] == (f"{CONFLICT_ERROR}. A follow-up run is already waiting: it will start when "
+                                        "the current job ends.")
+    assert trig.get_json()["reason"] == "follow_up_waiting" and trig.get_json()["follow_up_job_id"] == follow["job_id"]
     dedup = make_deduplicator(real_redis)
     assert dedup.stats()["follow_up"] == 1
     assert real_redis.hget(f"rq:job:{follow['job_id']}", "status") == b"deferred"
@@ -457,3 +461,38 @@ def test_without_a_token_metrics_are_for_signed_in_admins(app: Flask) -> None:
     login(client, "admin")
     resp = client.get("/metrics")
     assert resp.status_code == 200 and b"# TYPE dedupkit_decisions_total counter" in resp.data
+
+
+def test_202_and_409_carry_the_complete_status_last_run_included(app: Flask, real_redis: redis.Redis) -> None:
+    client = app.test_client()
+    headers = {"X-CSRF-Token": login(client, "alice")}
+    first = client.post(TRIGGER, headers=headers).get_json()["job_id"]
+    rqstate.run_all(Queue("email_processing", connection=real_redis))
+    admitted = client.post(TRIGGER, headers=headers)
+    conflict = client.post(TRIGGER, headers=headers)
+    status = client.get(STATUS).get_json()["job_status"]
+    assert (admitted.status_code, conflict.status_code) == (202, 409)
+    for body in (admitted.get_json(), conflict.get_json()):
+        last = body["job_status"]["last_run"]
+        assert last is not None and (last["job_id"], last["status"]) == (first, "finished")
+    assert conflict.get_json()["job_status"] == status, "one answer, one complete status"
+
+
+def test_admin_lands_on_admin_and_a_non_admin_gets_the_apps_403_page(app: Flask) -> None:
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token
+    resp = client.post("/login", data={"username": "admin", "password": PASSWORD, "csrf_token": token.group(1)})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/admin")
+
+    other = app.test_client()
+    login(other, "carol")
+    denied = other.get("/admin")
+    html = denied.get_data(as_text=True)
+    assert denied.status_code == 403 and denied.mimetype == "text/html"
+    assert "This page is for administrators; you are signed in as carol." in html
+    assert 'id="username">carol<' in html and "style.css" in html, "the app's layout"
+    assert "Forbidden" not in html
+    missing = other.get("/no-such-page")
+    assert missing.status_code == 404 and "Page not found" in missing.get_data(as_text=True)

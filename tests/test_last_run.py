@@ -82,3 +82,16 @@ def test_a_follow_up_that_ran_is_the_last_run(dedup: Deduplicator, queue: Queue)
     nxt = dedup.enqueue("u", TASK, "x")
     assert nxt.admitted and nxt.recovered == "ended"
     assert dedup.status("u").last_run.job_id == follow.job_id  # type: ignore[union-attr]
+
+
+def test_a_conflict_carries_the_complete_status(dedup: Deduplicator, queue: Queue) -> None:
+    """One answer, one complete status: a conflict's (and an admission's) last_run is status()'s."""
+    first = dedup.enqueue("u", TASK, "x")
+    rqstate.run_all(queue)
+    second = dedup.enqueue("u", TASK, "x")
+    assert second.admitted and second.status.last_run is not None
+    assert second.status.last_run.job_id == first.job_id and second.status.last_run.status == "finished"
+    conflict = dedup.enqueue("u", TASK, "x")
+    assert not conflict.admitted and conflict.status.last_run == dedup.status("u").last_run
+    assert conflict.status.to_dict() == dedup.status("u").to_dict()
+    assert conflict.status.to_dict()["last_run"]["job_id"] == first.job_id

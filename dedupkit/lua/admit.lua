@@ -52,19 +52,20 @@
 --          policy           'reject', 'replace' or 'follow_up'
 --          nfields          number of job hash field/value pairs that follow
 --          field, value...  2 * nfields strings, the RQ job hash (status already set)
--- Reply: one array per request (9 fields):
---   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, replaced_rl}
+-- Reply: one array per request (10 fields; the 10th, last_run, is the key's last-run record
+--   "<job id>|<final status>|<ended at>" or '' after the decision, as status.lua reads it):
+--   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, replaced_rl, last_run}
 --     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead');
 --     replaced_rl = the replaced job's RQ 3 rate limit key, '' if none (Python then runs
 --     RQ's RateLimitRegistry.cancel for it, as RQ's Job.cancel does);
 --     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>' | 'replayed'
 --     (a replay: rq_status .. scheduled_for describe the job now, all '' once it ended)
---   {'conflict', holder_id, rq_status, enqueued_at, started_at, scheduled_for, '', note, follow_up_id}
+--   {'conflict', holder_id, rq_status, enqueued_at, started_at, scheduled_for, '', note, follow_up_id, last_run}
 --     note = '' | why the policy could not apply ('running'|'dequeued'|'due'|'ready'|
 --            'not_running'|'repeating'|'coalesced' (job_id is then the waiting follow-up))
 --     follow_up_id = '' or the follow-up waiting behind a running holder
---   {'collision', job_id, '', '', '', '', '', '', ''}   the job hash existed; nothing written
---   {'error', job_id, message, '', '', '', '', '', ''}  this request failed (damaged data);
+--   {'collision', job_id, '', '', '', '', '', '', '', last_run}   the job hash existed; nothing written
+--   {'error', job_id, message, '', '', '', '', '', '', ''}  this request failed (damaged data);
 --     its writes may be partial only if the failure came after the first write
 
 local K = {
@@ -215,7 +216,11 @@ for i = 1, n do
   if not ok then
     count('error')
     local message = type(reply) == 'table' and (reply.err or reply[1]) or tostring(reply)
-    reply = { 'error', ARGV[pos + 1], tostring(message), '', '', '', '', '', '' }
+    reply = { 'error', ARGV[pos + 1], tostring(message), '', '', '', '', '', '', '' }
+  else
+    -- Every answer carries the key's complete status, its last run included.
+    local got, record = pcall(redis.call, 'HGET', K.last, ARGV[pos])
+    reply[10] = (got and record) or ''
   end
   replies[i] = reply
   pos = last + 1

@@ -48,9 +48,18 @@ from flask import (
     url_for,
 )
 from rq import Queue
+from werkzeug.exceptions import HTTPException
 from werkzeug.security import check_password_hash
 
-from dedupkit import Admission, DedupkitError, Deduplicator, InvalidKeyError, RedisUnavailableError, SlotStatus
+from dedupkit import (
+    Admission,
+    DedupkitError,
+    Deduplicator,
+    InvalidKeyError,
+    RedisUnavailableError,
+    SlotStatus,
+    job_utils,
+)
 
 from . import db
 from .tasks import DEFAULT_DB, process_user_emails_standalone
@@ -62,6 +71,7 @@ JOB_ID_PREFIX = "email_process"
 CONFLICT_ERROR = "Email processing job already pending for this user"
 UNAVAILABLE_ERROR = "The job queue is unavailable (Redis cannot be reached). Please try again shortly."
 FOLLOW_UP_WAITING_ERROR = "A follow-up run is already waiting"
+FOLLOW_UP_WHEN = "it will start when the current job ends"
 FOLLOW_UP_NOT_RUNNING_ERROR = ("Your job has not started yet, so it will process all new mail when it runs: "
                                "no follow-up run is needed")
 DEFAULT_DEMO_PASSWORD = "dedupkit-demo"
@@ -109,6 +119,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         ALLOW_EVICTION=os.environ.get("EMAIL_APP_ALLOW_EVICTION") == "1",
     )
     app.config.update(config or {})
+    # The app's job ids are the seed's (email_process_<user>_<µs>): dedupkit's functional API
+    # uses the prefix it is given once, here; the library hard-wires none.
+    job_utils.configure(job_id_prefix=JOB_ID_PREFIX)
     if not app.config["SECRET_KEY"]:
         logger.warning("EMAIL_APP_SECRET_KEY is not set; using a random key (sessions end when the app stops)")
         app.config["SECRET_KEY"] = secrets.token_hex(32)
@@ -175,11 +188,18 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
             if g.user is None:
                 return redirect(url_for("login"))
             if not g.user.is_admin:
-                abort(403)
+                abort(403, description=f"This page is for administrators; you are signed in as {g.user.username}.")
             if request.method == "POST" and not csrf_ok():
-                abort(403)
+                abort(403, description="The form had expired. Go back, reload the page and try again.")
             return view(*args, **kwargs)
         return wrapped
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[str, int]:
+        """Pages (not the JSON API, which answers with ``error()``) in the app's own look."""
+        titles = {403: "Not allowed", 404: "Page not found", 400: "Bad request"}
+        return render_template("error.html", code=exc.code, title=titles.get(exc.code or 0, exc.name),
+                               description=exc.description), exc.code or 500
 
     @app.errorhandler(RedisUnavailableError)
     def redis_down(exc: RedisUnavailableError) -> tuple[Response, int]:
@@ -211,7 +231,8 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
         session.clear()  # no session fixation: a fresh session and CSRF token per sign-in
         session["user_id"] = user.id
         csrf_token()
-        return redirect(url_for("index"))
+        # An admin's page is /admin: their account has no mailbox automation of its own.
+        return redirect(url_for("admin" if user.is_admin else "index"))
 
     @app.post("/logout")
     def logout() -> Any:
@@ -247,7 +268,12 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
         logger.info("User %s trigger refused: job %s is %s", user.id, admission.job_id,
                     admission.status.state and admission.status.state.value)
         # The conflict's status says whether a follow-up already waits (follow_up_job_id):
-        # the page offers "Run again after the current job" only when none does.
+        # the page offers "Run again after the current job" only when none does, and
+        # says what waits when one does.
+        waiting = admission.status.follow_up_job_id
+        if waiting:
+            return error(409, f"{CONFLICT_ERROR}. {FOLLOW_UP_WAITING_ERROR}: {FOLLOW_UP_WHEN}.",
+                         reason="follow_up_waiting", follow_up_job_id=waiting, job_status=admission.status.to_dict())
         return error(409, CONFLICT_ERROR, job_status=admission.status.to_dict())
 
     @app.post("/api/email-automation/follow-up")

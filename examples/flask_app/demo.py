@@ -40,6 +40,27 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app cannot listen on ``host:port`` (bound as Werkzeug binds it), or None."""
+    if port == 0:
+        return None
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def port_hint(host: str, port: int, why: str) -> str:
+    taken = "in use" in why.lower()
+    return (f"demo: cannot serve the app on {host}:{port} ({why}). "
+            + ("Another program is using that port; pick another" if taken else "Pick another port")
+            + f": make demo PORT={port + 1} (or PORT=0 for any free port; "
+            f"python -m examples.flask_app.demo --port N)")
+
+
 class EmbeddedRedis:
     """fakeredis's TCP server (Lua through lupa) on a loopback port, in a thread."""
 
@@ -129,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long one simulated mailbox run takes (default 8)")
     parser.add_argument("--db", default=os.environ.get("EMAIL_APP_DATABASE", str(DEFAULT_DB)), help="SQLite path")
     args = parser.parse_args(argv)
+    why = port_problem(args.host, args.port)
+    if why is not None:  # before anything starts: the hint, not Werkzeug's message and a stack of shutdowns
+        print(port_hint(args.host, args.port, why), file=sys.stderr, flush=True)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per status poll
 
@@ -165,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                                             "--interval", str(args.interval), "--db", args.db], env))
         try:
             server = BackgroundServer(app, args.host, args.port).start()
-        except OSError as exc:
-            raise SystemExit(f"demo: cannot serve on {args.host}:{args.port} ({exc}); try --port 0") from exc
+        except (OSError, SystemExit) as exc:  # taken since the check: Werkzeug prints its message and exits 1
+            print(port_hint(args.host, args.port, str(exc) or "address in use"), file=sys.stderr, flush=True)
+            return 2
         wait_for_worker(url, worker, 15)
         banner(server.url, password, url, embedded is not None, children, args)
 

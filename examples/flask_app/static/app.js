@@ -1,7 +1,9 @@
 // The Email Automation page: trigger a job, show the answer, keep the status fresh,
 // offer "Run again after the current job" when the job is running, show the last run.
 // Clicks are handled one after another (each waits for the previous answer), so two
-// quick clicks show the success first and then the conflict.
+// quick clicks show the success first and then the conflict. End users read words, never
+// job ids (the admin page shows those); a message about a job follows that job's state and
+// goes once the job has ended.
 (function () {
   "use strict";
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
@@ -15,6 +17,9 @@
   const followUpButton = document.getElementById("follow-up");
   let chain = Promise.resolve();
   let timer = null;
+  // The jobs the current message is about: when none of them is pending any more, the
+  // message has become untrue and is cleared (the history keeps it).
+  let messageJobs = [];
 
   function parts(js) {
     const out = [];
@@ -25,9 +30,11 @@
     return out.length ? out.join(", ") : "unknown";
   }
 
-  function show(text, kind) {
+  function show(text, kind, jobs) {
     message.textContent = text;
     message.className = "message " + kind;
+    message.dataset.kind = kind;
+    messageJobs = (jobs || []).filter(Boolean);
     const item = document.createElement("li");
     item.textContent = new Date().toLocaleTimeString() + " — " + text;
     item.className = kind;
@@ -66,16 +73,24 @@
     }
   }
 
+  function conflictText(js) {
+    if (js && js.follow_up_job_id) {
+      return "Your email processing job is running, and a follow-up run is already waiting: " +
+             "it will start when the current job ends.";
+    }
+    return "An email processing job is already pending for your account. Status: " + parts(js) + ".";
+  }
+
   async function trigger() {
     const answer = await post("/api/email-automation/trigger");
     if (!answer) return;
     const response = answer.response, body = answer.body;
     if (response.status === 202 && body.success) {
-      show("Email processing started (job " + body.job_id + ").", "success");
+      show("Email processing started.", "success", [body.job_id]);
     } else if (response.status === 409) {
-      show("An email processing job is already pending for your account. Status: " + parts(body.job_status) + ".",
-           "conflict");
-      setOffer(body.job_status);
+      const js = body.job_status || {};
+      show(conflictText(js), "conflict", [js.job_id, js.follow_up_job_id]);
+      setOffer(js);
     } else {
       otherAnswer(response, body);
     }
@@ -89,26 +104,49 @@
     const response = answer.response, body = answer.body;
     if (response.status === 202 && body.success) {
       if (body.follow_up_of) {
-        show("A follow-up run (job " + body.job_id + ") will start after the current job.", "success");
+        show("A follow-up run will start when the current job ends.", "success", [body.follow_up_of, body.job_id]);
       } else {  // the job ended meanwhile: this run starts now
-        show("Email processing started (job " + body.job_id + ").", "success");
+        show("Email processing started.", "success", [body.job_id]);
       }
     } else if (response.status === 409) {
-      show(body.error + (body.follow_up_job_id ? " (job " + body.follow_up_job_id + ")." : "."), "conflict");
+      const js = body.job_status || {};
+      const text = body.reason === "coalesced" ? conflictText(js) : body.error + ".";
+      show(text, "conflict", [js.job_id, js.follow_up_job_id, body.follow_up_job_id]);
     } else {
       otherAnswer(response, body);
     }
     refresh();
   }
 
+  const STATES = {
+    queued: "is waiting for a worker", running: "is running", scheduled: "is scheduled",
+    deferred: "will start after the current one", rate_limited: "is waiting for its turn",
+  };
+
   function describe(js) {
     if (!js || !js.pending) return "No email processing job is pending.";
-    let text = "Job " + js.job_id + " is " + js.state;
+    let text = "Your email processing job " + (STATES[js.state] || "is pending");
     if (js.state === "scheduled" && js.scheduled_for) text += " for " + new Date(js.scheduled_for).toLocaleString();
     if (js.state === "running" && js.started_at) text += " since " + new Date(js.started_at).toLocaleTimeString();
     text += ".";
-    if (js.follow_up_job_id) text += " A follow-up run is waiting (job " + js.follow_up_job_id + ").";
+    if (js.follow_up_job_id) text += " A follow-up run is waiting: it will start when this one ends.";
     return text;
+  }
+
+  // Keep the message true: a conflict is re-worded as its job moves on (queued, running,
+  // a follow-up waiting); any message whose jobs are all over is cleared.
+  function followState(js) {
+    if (!messageJobs.length) return;
+    const live = js && js.pending ? [js.job_id, js.follow_up_job_id].filter(Boolean) : [];
+    if (!messageJobs.some(function (id) { return live.includes(id); })) {
+      message.textContent = "";
+      message.className = "message";
+      message.dataset.kind = "";
+      messageJobs = [];
+    } else if (message.dataset.kind === "conflict") {
+      message.textContent = conflictText(js);
+      messageJobs = live;
+    }
   }
 
   // "2 minutes ago" from an ISO-8601 time (the Redis server's clock; a browser clock
@@ -138,7 +176,7 @@
   }
 
   function describeAutomation(a) {
-    if (!a) return "No automation settings.";
+    if (!a) return "Automatic checks are not set up for this account.";
     if (!a.enabled) return "Automatic checks are off.";
     const last = a.last_check_time ? new Date(a.last_check_time).toLocaleString() : "never";
     return "Every " + a.interval_minutes + " min. Last check: " + last + ".";
@@ -164,6 +202,7 @@
           offer.hidden = true;  // never offered for a job that is not running
         }
         pending = Boolean(body.job_status && body.job_status.pending);
+        followState(body.job_status);
       } else {
         statusEl.textContent = body.error || ("Status unavailable (HTTP " + response.status + ").");
         statusEl.dataset.state = "error";

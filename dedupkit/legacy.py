@@ -1,0 +1,103 @@
+"""Old-style jobs: those the code dedupkit replaces enqueued itself, found as it found them.
+
+The replaced functions found a user's jobs by scanning RQ's queue and registries for ids
+``<prefix>_<user id>_…`` and enqueued with ``queue.enqueue(f, job_id=...)``, outside any
+slot. While such jobs may be pending (during a deploy, before ``adopt``), the drop-in
+functions of ``job_utils`` scan for them too, and classify each by RQ's own status.
+
+The scan reads the whole queue list and registries of one queue: O(jobs on the queue), as
+the replaced code was. It is a migration aid (``job_utils.configure(legacy_scan=False)``
+turns it off once no old-style job can be pending), never used by ``Deduplicator``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from . import scripts
+from .keys import RateLimitRegistry, encode_key, normalize_key
+from .models import JobState, SlotStatus
+
+if TYPE_CHECKING:
+    from .deduplicator import Deduplicator
+
+FINAL = frozenset({"finished", "failed", "stopped", "canceled", "created"})
+"""RQ statuses of a job that will not run (again); every other status, unknown ones
+included (a newer RQ's), is read as pending, as dedupkit's scripts read it."""
+
+PAGE = 500
+
+
+@dataclass(frozen=True)
+class LegacyJob:
+    """A pending job found by its id, and RQ's own status of it ('queued', 'started', ...)."""
+
+    job_id: str
+    rq_status: str
+
+    def as_status(self, key: str) -> SlotStatus:
+        """As a SlotStatus, so its has_* flags read as a slot's do."""
+        try:
+            state = JobState.from_rq(self.rq_status)
+        except ValueError:
+            state = JobState.QUEUED  # a status this dedupkit does not know: pending, shown as queued
+        return SlotStatus(key, self.job_id, state)
+
+
+def id_prefixes(user_id: object, prefix: str) -> tuple[str, ...]:
+    """The id prefixes the replaced code gave a user's jobs: ``<prefix>_<user id>_`` as it
+    wrote them, and ``<prefix>_<encoded user id>_`` as ``generate_job_id`` writes them."""
+    raw = normalize_key(user_id)
+    return tuple(dict.fromkeys((f"{prefix}_{raw}_", f"{prefix}_{encode_key(raw)}_")))
+
+
+def _ids(dedup: Deduplicator) -> Iterator[str]:
+    """Every job id on the queue: its list, the ids a worker has just dequeued, the
+    scheduled, started, deferred and (RQ 3) ready registries, and (RQ 3) the jobs waiting
+    for a rate limit (per limit, across queues)."""
+    yield from dedup._rq_job_ids(PAGE)
+    if RateLimitRegistry is not None:
+        for registry in RateLimitRegistry.all(connection=dedup.connection):
+            yield from registry.get_rate_limited_job_ids()
+
+
+def scan(dedup: Deduplicator, user_id: object, prefix: str) -> list[LegacyJob]:
+    """The user's pending jobs whose ids start as the replaced code's did, each with RQ's
+    status, in the order found (queue first). Raises RedisUnavailableError."""
+    starts = id_prefixes(user_id, prefix)
+    with scripts.redis_errors():
+        found = list(dict.fromkeys(i for i in _ids(dedup) if i.startswith(starts)))
+        if not found:
+            return []
+        with dedup.connection.pipeline(transaction=False) as pipe:
+            for job_id in found:
+                pipe.hmget(dedup.keys.job_key(job_id), "status", "origin")
+            fields = cast(list[list[bytes | None]], pipe.execute())
+    jobs = []
+    for job_id, (status, origin) in zip(found, fields, strict=True):
+        # No status or origin: a bare heartbeat hash or a vanished job (rq#1450), not pending.
+        if status is None or origin is None or origin.decode() != dedup.queue.name:
+            continue
+        if status.decode() not in FINAL:
+            jobs.append(LegacyJob(job_id, status.decode()))
+    return jobs
+
+
+def adopt(dedup: Deduplicator, user_id: object, jobs: Sequence[LegacyJob]) -> list[str]:
+    """Give the user's slot to the first of ``jobs`` that is still pending, in one adopt.lua
+    call (which takes only a free slot, and only for a pending job). Returns its answers."""
+    if not jobs:
+        return []
+    field = encode_key(user_id)
+    return adopt_pairs(dedup, [part for job in jobs for part in (field, job.job_id)])
+
+
+def adopt_pairs(dedup: Deduplicator, pairs: Sequence[str]) -> list[str]:
+    """One adopt.lua call over ``field, job id, ...``: 'adopted', 'already', 'held:<id>', 'not_pending'."""
+    k = dedup.keys
+    replies = dedup._scripts.call(scripts.ADOPT, [k.slots, k.gc, k.followups, k.scheduled, k.started,
+                                                  k.intermediate],
+                                  [k.job_prefix, k.executions_prefix, *pairs])
+    return [reply.decode() for reply in replies]
