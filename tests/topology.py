@@ -1,0 +1,141 @@
+"""Replicated Redis on loopback: a primary, replicas and three sentinels (issue 13).
+
+Sentinels are ``redis-server <conf> --sentinel`` (Debian's redis-server package has no
+``redis-sentinel`` binary unless redis-sentinel is installed; this is the same code).
+Every port comes from ``free_port()``. Close the topology to stop every process it started.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .support import RedisServer, free_port, wait_for
+
+MASTER_NAME = "dkmaster"
+
+
+class Sentinel:
+    """One sentinel process watching ``MASTER_NAME``."""
+
+    def __init__(self, primary_port: int, *, down_after_ms: int, failover_timeout_ms: int) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed (the README's test command installs it)")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="dedupkit-sentinel-")
+        conf = Path(self.dir, "sentinel.conf")  # sentinel rewrites it: its own, writable copy
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n"
+            f"sentinel failover-timeout {MASTER_NAME} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n")
+        self.proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            wait_for(lambda: _answers(client), 10, what=f"sentinel on port {self.port}")
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+
+
+def replicas_online(primary: redis.Redis) -> int:
+    """How many replicas have finished their sync and stream from ``primary``."""
+    info = primary.info("replication")
+    return sum(1 for k, v in info.items()
+               if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
+
+
+class SentinelTopology:
+    """A primary, ``replicas`` replicas and three sentinels (quorum 2), all on loopback."""
+
+    def __init__(self, *, replicas: int = 1, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+        self.primary = RedisServer("--repl-diskless-sync-delay", "0")
+        self.replicas = [RedisServer("--replicaof", "127.0.0.1", str(self.primary.port)) for _ in range(replicas)]
+        self.sentinels: list[Sentinel] = []
+        try:
+            primary = redis.Redis(port=self.primary.port)
+            wait_for(lambda: replicas_online(primary) == replicas, 20, what="the replicas to sync")
+            primary.close()
+            self.sentinels = [Sentinel(self.primary.port, down_after_ms=down_after_ms,
+                                       failover_timeout_ms=failover_timeout_ms) for _ in range(3)]
+            wait_for(lambda: self._sentinels_agree(replicas), 20, what="the sentinels to see every node")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def instances(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
+    def settings(self, **extra: Any) -> dict[str, Any]:
+        """RQ's ``SENTINEL`` settings dict for this topology."""
+        return {"INSTANCES": self.instances, "MASTER_NAME": MASTER_NAME, **extra}
+
+    def settings_module(self, directory: Path, name: str = "dk_sentinel_settings", **extra: Any) -> str:
+        """Write an RQ settings module (``rq worker -c NAME``) into ``directory``; returns NAME."""
+        Path(directory, f"{name}.py").write_text(f"SENTINEL = {self.settings(**extra)!r}\n")
+        return name
+
+    def master_port(self) -> int | None:
+        """The primary the sentinels name now (None when none answers)."""
+        for s in self.sentinels:
+            try:
+                with redis.Redis(port=s.port, socket_timeout=1) as client:
+                    addr = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+                    if addr:
+                        return int(addr[1])
+            except redis.exceptions.RedisError:
+                continue
+        return None
+
+    def _sentinels_agree(self, replicas: int) -> bool:
+        for s in self.sentinels:
+            try:
+                with redis.Redis(port=s.port, socket_timeout=1) as client:
+                    master = client.execute_command("SENTINEL", "master", MASTER_NAME)
+                    info = dict(zip(master[::2], master[1::2], strict=True)) if isinstance(master, list) else master
+                    known = {k.decode() if isinstance(k, bytes) else k: v for k, v in info.items()}
+                    if int(known["num-slaves"]) != replicas or int(known["num-other-sentinels"]) != 2:
+                        return False
+            except redis.exceptions.RedisError:
+                return False
+        return True
+
+    def kill_primary(self) -> int:
+        """SIGKILL the current primary (a host dying); returns its port."""
+        port = self.master_port()
+        for server in (self.primary, *self.replicas):
+            if server.port == port:
+                server.stop(signal.SIGKILL)
+                return port
+        raise AssertionError(f"no server of this topology is the primary (sentinels say {port})")
+
+    def server(self, port: int) -> RedisServer:
+        return next(s for s in (self.primary, *self.replicas) if s.port == port)
+
+    def close(self) -> None:
+        for s in self.sentinels:
+            s.close()
+        for server in (self.primary, *self.replicas):
+            server.close()
