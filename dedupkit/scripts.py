@@ -145,14 +145,18 @@ def refusal(exc: redis.exceptions.RedisError) -> tuple[str, str] | None:
 
 @contextmanager
 def redis_errors() -> Iterator[None]:
-    """Turn redis-py's connection errors and timeouts into RedisUnavailableError, and a
-    server's refusals (READONLY, OOM, ...) into RedisRefusedError, its subclass."""
+    """Turn redis-py's connection errors, timeouts and cluster errors (redirections
+    exhausted) into RedisUnavailableError, and a server's refusals (READONLY, OOM,
+    TRYAGAIN, ...) into RedisRefusedError, its subclass."""
     try:
         yield
     except redis.exceptions.RedisError as exc:
         refused = refusal(exc)
         if refused is not None:
             raise RedisRefusedError(exc, *refused) from exc
-        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        # ClusterError: redis-py's RedisCluster gave up following MOVED/ASK/TRYAGAIN (a slot
+        # in migration, a node down): the cluster is not serving the key now.
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                            redis.exceptions.ClusterError)):
             raise RedisUnavailableError(exc) from exc
         raise

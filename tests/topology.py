@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,75 @@ class SentinelTopology:
             s.close()
         for server in (self.primary, *self.replicas):
             server.close()
+
+
+class ClusterTopology:
+    """A Redis Cluster of three primaries (no replicas) on loopback, made with
+    ``redis-cli --cluster create``."""
+
+    def __init__(self) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError("redis-cli is not installed (scripts/ensure-system-deps.sh installs redis-tools)")
+        self.cli = cli
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(3):
+                # The bus port defaults to port + 10000, past 65535 for many free ports: pick it too.
+                self.nodes.append(RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                              "--cluster-node-timeout", "5000", "--cluster-port", str(free_port())))
+            subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            wait_for(self._ok, 30, what="the cluster to agree (cluster_state:ok on every node)")
+        except BaseException:
+            self.close()
+            raise
+
+    def _ok(self) -> bool:
+        for n in self.nodes:
+            with redis.Redis(port=n.port, socket_timeout=1) as c:
+                if b"cluster_state:ok" not in c.execute_command("CLUSTER", "INFO"):
+                    return False
+        return True
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    def client(self, **kwargs: Any) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **kwargs)
+
+    def owner(self, slot: int) -> int:
+        """The port of the primary that serves ``slot`` now."""
+        with redis.Redis(port=self.nodes[0].port) as c:
+            for start, end, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(primary[1])
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def node_id(self, port: int) -> str:
+        with redis.Redis(port=port, decode_responses=True) as c:
+            return str(c.execute_command("CLUSTER", "MYID"))
+
+    def migrate_slot(self, slot: int, to_port: int, *, batch: int = 10, pause: float = 0.0) -> int:
+        """Move one slot with its keys the way ``redis-cli --cluster reshard`` does (SETSLOT
+        IMPORTING/MIGRATING, MIGRATE in batches, SETSLOT NODE everywhere), while clients go
+        on; ``pause`` seconds between batches widens the window. Returns the keys moved."""
+        source = self.owner(slot)
+        src_id, dst_id = self.node_id(source), self.node_id(to_port)
+        moved = 0
+        with redis.Redis(port=source) as src, redis.Redis(port=to_port) as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+                time.sleep(pause)
+            for port in (to_port, source, *(p for p in self.ports if p not in (to_port, source))):
+                with redis.Redis(port=port) as node:
+                    node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        return moved
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.close()
