@@ -69,3 +69,14 @@ def test_sentinel_settings_are_checked_before_connecting() -> None:
 def test_cli_reports_a_bad_settings_module(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["status", "q", "-c", "no_such_settings_module_13"]) == 2
     assert "cannot import the settings module" in capsys.readouterr().err
+
+
+def test_cli_reads_rq_settings_and_url_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            real_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "dk_url_settings_13.py").write_text(f"REDIS_URL = {real_server.url!r}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert cli_main(["status", "q", "-c", "dk_url_settings_13", "--json"]) == 0
+    # An explicit --url wins over the settings, as in RQ: here one nothing listens on.
+    assert cli_main(["status", "q", "-c", "dk_url_settings_13", "--url", "redis://127.0.0.1:1/0"]) == 2
+    assert "unavailable" in capsys.readouterr().err.lower()
