@@ -6,6 +6,8 @@ Must run with RQ 3 and ``RQ_KEY_PREFIX`` carrying a hash tag (RQ reads it at imp
 every RQ key and every dedupkit key then lives in the tag's slot. Prints one JSON line:
 
 - ``api``: each Deduplicator call through redis-py's ``RedisCluster`` and its answer;
+- ``race``: tests/test_race_real.py through ``RedisCluster``: 8 processes, 200 calls each
+  over 10 keys, at once (exactly 10 admitted, 10 queued);
 - ``rq``: RQ's own ``Queue.enqueue`` and ``Worker.work(burst=True)`` through the same
   client (RQ's worker reads ``connection.connection_pool``, which ``RedisCluster`` lacks);
 - ``load``: ``--clients`` processes admit (reject), replace and cancel over 30 keys for
@@ -97,6 +99,35 @@ def _client(port: int, stop_at: float, out: str, seed: int) -> None:
             f.flush()
 
 
+def _hammer(port: int, worker: int, barrier: Any, out: Any) -> None:
+    """tests/test_race_real.py's process, through RedisCluster: 200 calls over 10 keys."""
+    rc = redis.RedisCluster(host="127.0.0.1", port=port)
+    dedup = Deduplicator(Queue("race", connection=rc))
+    barrier.wait()
+    admitted = 0
+    for i in range(200):
+        key = f"user:{(i + worker) % 10}"
+        if i % 3:
+            admitted += dedup.enqueue(key, "tests.tasks.work", key).admitted
+        else:
+            admitted += dedup.enqueue_many([EnqueueRequest(key, "tests.tasks.work", (key,))])[0].admitted
+    out.put(admitted)
+
+
+def _race(topo: ClusterTopology) -> dict[str, Any]:
+    """8 processes, 200 calls each, 10 keys, at once: exactly 10 jobs (as on one Redis)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(8), ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(topo.ports[0], w, barrier, out)) for w in range(8)]
+    for p in procs:
+        p.start()
+    admitted = sum(out.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(60)
+    rc = topo.client()
+    return {"admitted": admitted, "queued": rc.llen(Queue("race", connection=rc).key)}
+
+
 def _load(topo: ClusterTopology, clients: int, seconds: float, migrations: int, workdir: Path) -> dict[str, Any]:
     rc = topo.client()
     slot = rc.keyslot(Deduplicator(Queue("load", connection=rc)).keys.slots)
@@ -144,7 +175,8 @@ def run(*, clients: int = 4, seconds: float = 6.0, migrations: int = 2, workdir:
     topo = ClusterTopology()
     try:
         rc = topo.client()
-        return {"api": _api(rc), "rq": _rq(rc), "load": _load(topo, clients, seconds, migrations, workdir)}
+        return {"api": _api(rc), "rq": _rq(rc), "race": _race(topo),
+                "load": _load(topo, clients, seconds, migrations, workdir)}
     finally:
         topo.close()
 

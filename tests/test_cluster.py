@@ -35,6 +35,7 @@ def _check(result: dict) -> None:  # type: ignore[type-arg]
     assert api["admitted"] and api["conflict"] and api["replaced"] and api["scheduled"] == "scheduled"
     assert api["many_admitted"] == 50 and api["status_many_pending"] == 50
     assert api["cancel"] and not api["status_after_cancel"]
+    assert result["race"] == {"admitted": 10, "queued": 10}, result["race"]
     load = result["load"]
     assert len(set(load["owners"])) > 1 and all(n > 0 for n in load["keys_moved_per_migration"]), load
     assert load["admitted"] > 0
