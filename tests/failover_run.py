@@ -1,6 +1,6 @@
 """SIGKILL a Sentinel-managed primary under load and measure what dedupkit's users see (issue 13).
 
-    python -m tests.failover_run [--replicas 1] [--min-replicas 0] [--before 4] [--after 12]
+    python -m tests.failover_run [--replicas 1] [--min-replicas 0] [--before 4] [--after 12] [--lag 0]
 
 On loopback: a primary, ``--replicas`` replicas and three sentinels. Everything connects
 through RQ's ``SENTINEL`` settings (one settings module, redis-py's ``Sentinel``): two real
@@ -8,7 +8,9 @@ through RQ's ``SENTINEL`` settings (one settings module, redis-py's ``Sentinel``
 (reject), replace and cancel over 50 keys, the dedupkit Scheduler through the CLI
 (``dedupkit scheduler -c ...``) over 50 other keys, the example Flask app (a signed-in
 user pressing trigger every 0.1 s) and ``dedupkit status -c ...`` every 0.5 s. After
-``--before`` seconds the primary is SIGKILLed; load goes on for ``--after`` seconds, then
+``--before`` seconds the primary is SIGKILLed (with ``--lag S``, the replicas stream
+through relays that hold the stream back for the last S seconds, lost with the primary:
+replication lag); load goes on for ``--after`` seconds, then
 workers drain and the figures are read:
 
 - acknowledged then lost: admissions answered ``admitted`` whose job hash is not on the new
@@ -154,11 +156,11 @@ def _poll_cli(workdir: Path, settings_module: str, stop: threading.Event, out: l
 # -- the run -----------------------------------------------------------------------
 
 def run(*, replicas: int = 1, min_replicas: int = 0, clients: int = 3, before: float = 4.0, after: float = 12.0,
-        workdir: Path | None = None) -> dict[str, Any]:
+        lag: float = 0.0, workdir: Path | None = None) -> dict[str, Any]:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="dedupkit-failover-"))
     runs = str(workdir / "runs.jsonl")
     ticks = str(workdir / "ticks.jsonl")
-    topo = SentinelTopology(replicas=replicas)
+    topo = SentinelTopology(replicas=replicas, proxied=lag > 0)
     procs: list[Any] = []
     workers: list[RQWorker] = []
     scheduler: subprocess.Popen[bytes] | None = None
@@ -201,7 +203,13 @@ def run(*, replicas: int = 1, min_replicas: int = 0, clients: int = 3, before: f
                  and app_log, 60, interval=0.2, what="the clients, the scheduler and the app to start")
         time.sleep(before)
         old_port = topo.master_port()
+        if lag:
+            # Replication lag made visible: the replicas' links hold back the primary's
+            # stream for `lag` seconds before it dies, and what they held is lost with it.
+            topo.stall_replication()
+            time.sleep(lag)
         topo.kill_primary()
+        topo.cut_proxies()
         killed_at = time.time()  # the process is dead (SIGKILL, reaped): nothing it answers comes later
         wait_for(lambda: topo.master_port() not in (None, old_port), 60, what="the sentinels' failover")
         promoted_at = time.time()
@@ -229,7 +237,7 @@ def run(*, replicas: int = 1, min_replicas: int = 0, clients: int = 3, before: f
         scheduler.terminate()
         scheduler.wait(20)
         report = _judge(workdir, conn, clients, runs, ticks, app_log, cli_log, killed_at, promoted_at)
-        report.update(replicas=replicas, min_replicas=min_replicas, clients=clients, old_port=old_port,
+        report.update(replicas=replicas, min_replicas=min_replicas, clients=clients, lag=lag, old_port=old_port,
                       new_port=new_port, worker_exits=len(deaths),
                       worker_exits_after_s=[round(d["t"] - killed_at, 2) for d in deaths])
         conn.close()
@@ -332,11 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--before", type=float, default=4.0)
     p.add_argument("--after", type=float, default=12.0)
+    p.add_argument("--lag", type=float, default=0.0,
+                   help="replication held back this many seconds before the kill, and lost with the primary")
     p.add_argument("--runs", type=int, default=1, help="repeat the whole run")
     args = p.parse_args(argv)
     for _ in range(args.runs):
         report = run(replicas=args.replicas, min_replicas=args.min_replicas, clients=args.clients,
-                     before=args.before, after=args.after)
+                     before=args.before, after=args.after, lag=args.lag)
         print(json.dumps(report, sort_keys=True))
     return 0
 

@@ -70,15 +70,19 @@ def replicas_online(primary: redis.Redis) -> int:
 class SentinelTopology:
     """A primary, ``replicas`` replicas and three sentinels (quorum 2), all on loopback."""
 
-    def __init__(self, *, replicas: int = 1, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+    def __init__(self, *, replicas: int = 1, down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
+                 proxied: bool = False) -> None:
         self.primary = RedisServer("--repl-diskless-sync-delay", "0")
-        self.replicas = [RedisServer("--replicaof", "127.0.0.1", str(self.primary.port)) for _ in range(replicas)]
+        # proxied: the primary is reached through a StallingProxy (see stall_replication()).
+        self.proxies = [StallingProxy(self.primary.port)] if proxied else []
+        self.primary_address = self.proxies[0].port if proxied else self.primary.port
+        self.replicas = [RedisServer("--replicaof", "127.0.0.1", str(self.primary_address)) for _ in range(replicas)]
         self.sentinels: list[Sentinel] = []
         try:
             primary = redis.Redis(port=self.primary.port)
             wait_for(lambda: replicas_online(primary) == replicas, 20, what="the replicas to sync")
             primary.close()
-            self.sentinels = [Sentinel(self.primary.port, down_after_ms=down_after_ms,
+            self.sentinels = [Sentinel(self.primary_address, down_after_ms=down_after_ms,
                                        failover_timeout_ms=failover_timeout_ms) for _ in range(3)]
             wait_for(lambda: self._sentinels_agree(replicas), 20, what="the sentinels to see every node")
         except BaseException:
@@ -126,11 +130,24 @@ class SentinelTopology:
     def kill_primary(self) -> int:
         """SIGKILL the current primary (a host dying); returns its port."""
         port = self.master_port()
-        for server in (self.primary, *self.replicas):
+        if port == self.primary_address:
+            self.primary.stop(signal.SIGKILL)
+            return port
+        for server in self.replicas:
             if server.port == port:
                 server.stop(signal.SIGKILL)
                 return port
         raise AssertionError(f"no server of this topology is the primary (sentinels say {port})")
+
+    def cut_proxies(self) -> None:
+        """Break the proxied links, losing what they held back."""
+        for proxy in self.proxies:
+            proxy.close()
+
+    def stall_replication(self) -> None:
+        """Hold back the primary's stream to every proxied replica (see StallingProxy)."""
+        for proxy in self.proxies:
+            proxy.stalled.set()
 
     def server(self, port: int) -> RedisServer:
         return next(s for s in (self.primary, *self.replicas) if s.port == port)
@@ -140,6 +157,8 @@ class SentinelTopology:
             s.close()
         for server in (self.primary, *self.replicas):
             server.close()
+        for proxy in self.proxies:
+            proxy.close()
 
 
 class ClusterTopology:
@@ -212,3 +231,73 @@ class ClusterTopology:
     def close(self) -> None:
         for n in self.nodes:
             n.close()
+
+
+class StallingProxy:
+    """A TCP relay to ``port``. Everyone (sentinels, clients, replicas) reaches the primary
+    through it, so Sentinel sees one consistent address; ``stalled`` holds back the primary's
+    stream to replicas only (a connection that sent PSYNC), and what it held is lost when
+    the relay is closed: a replication link that falls behind and then breaks with the
+    primary (on plain loopback the kernel would still deliver those bytes late)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = port
+        self.stalled = threading.Event()
+        self.closed = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self._socks: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=1)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()  # the primary is gone: refuse, as it would
+                continue
+            self._socks += [client, upstream]
+            link = {"replication": False}
+            threading.Thread(target=self._pump, args=(client, upstream, link, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, link, True), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any, link: dict[str, bool], towards_client: bool) -> None:
+        held = b""
+        try:
+            while not self.closed.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not towards_client and (b"PSYNC" in data or b"SYNC" in data):
+                    link["replication"] = True
+                held += data
+                if not (towards_client and link["replication"] and self.stalled.is_set()):
+                    dst.sendall(held)
+                    held = b""
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed.set()
+        for sock in self._socks:
+            try:
+                sock.close()
+            except OSError:
+                pass
