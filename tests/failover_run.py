@@ -158,6 +158,7 @@ def _poll_cli(workdir: Path, settings_module: str, stop: threading.Event, out: l
 def run(*, replicas: int = 1, min_replicas: int = 0, clients: int = 3, before: float = 4.0, after: float = 12.0,
         lag: float = 0.0, workdir: Path | None = None) -> dict[str, Any]:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="dedupkit-failover-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     runs = str(workdir / "runs.jsonl")
     ticks = str(workdir / "ticks.jsonl")
     topo = SentinelTopology(replicas=replicas, proxied=lag > 0)

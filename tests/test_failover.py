@@ -56,6 +56,22 @@ def test_failover_full(tmp_path: Path, replicas: int, min_replicas: int) -> None
         assert report["lost_confirmed"] == 0, report
 
 
+@pytest.mark.slow
+@pytest.mark.topology_full
+def test_lag_loses_admissions_and_min_replicas_flags_every_lost_one(tmp_path: Path) -> None:
+    # One second of replication held back and lost with the primary: the judge must see
+    # the lost admissions (else it could not see any), ...
+    plain = failover_run.run(replicas=1, lag=1.0, before=4.0, after=8.0, workdir=tmp_path / "plain")
+    print(plain)
+    _check_survived(plain)
+    assert plain["lost"] > 0, plain
+    # ... and with min_replicas every lost admission had been answered confirmed=False.
+    acked = failover_run.run(replicas=1, min_replicas=1, lag=1.0, before=4.0, after=8.0, workdir=tmp_path / "acked")
+    print(acked)
+    _check_survived(acked)
+    assert acked["lost_confirmed"] == 0 and acked["unconfirmed_admissions"] > 0, acked
+
+
 def test_sentinel_settings_are_checked_before_connecting() -> None:
     for bad in ({"SENTINEL": []}, {"SENTINEL": {"INSTANCES": "127.0.0.1:26379"}},
                 {"SENTINEL": {"INSTANCES": [("127.0.0.1", "26379")]}}, {"SENTINEL": {"MASTER_NAME": ""}},
