@@ -9,7 +9,7 @@ PY2 := $(RQ2_VENV)/bin/python
 CORE_REAL := tests/test_windows.py tests/test_race_real.py tests/test_model.py tests/test_faults_real.py \
 	tests/test_real_workers.py
 
-.PHONY: test test-rq2 demo lint install install-rq2 system-deps clean step-matrix
+.PHONY: test test-rq2 test-topology demo lint install install-rq2 system-deps clean step-matrix
 
 # The distribution was called `dedupkit` before `rq-dedupkit` (PyPI's `dedupkit` is another
 # project); a venv made before the rename still holds that editable install: drop it.
@@ -58,6 +58,10 @@ test: install system-deps lint
 test-rq2: install-rq2 system-deps
 	$(PY2) -c 'import rq; assert rq.VERSION == "$(RQ2_VERSION)", rq.VERSION'
 	DEDUPKIT_REQUIRE_REAL=1 $(PY2) -m pytest -p no:cacheprovider $(CORE_REAL) $(PYTEST_ARGS)
+
+# Every Sentinel failover and Redis Cluster run (issue 13; `make test` runs one of each kind).
+test-topology: install system-deps
+	DEDUPKIT_REQUIRE_REAL=1 DEDUPKIT_TOPOLOGY_FULL=1 $(PY) -m pytest -p no:cacheprovider -m topology $(PYTEST_ARGS)
 
 # Stop real rq workers after every Redis step they send, in every variant, then judge the key
 # from RQ's own data (tests/step_matrix.py; issue 9). Long: every step of every variant.

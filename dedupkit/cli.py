@@ -10,12 +10,16 @@
     dedupkit requeue QUEUE [JOB_ID ...] [--all]   failed jobs back through admission
 
 Every command but ``scheduler`` takes ``--url`` (default ``$REDIS_URL``, then
-redis://127.0.0.1:6379/0), ``--namespace`` and ``--json``.
+redis://127.0.0.1:6379/0), ``--namespace`` and ``--json``. Every command takes
+``-c/--config MODULE``: RQ's settings module (the one ``rq worker -c MODULE`` reads), whose
+``REDIS_URL`` or ``SENTINEL`` dict names the server (see dedupkit.connection); an explicit
+``--url`` wins over it, as in RQ.
 
 ``--app module:factory`` names a callable returning a ``dedupkit.scheduler.Scheduler``.
 It is called with ``redis_url=`` (the ``--url`` value, or None) when its signature takes
-that parameter, and with no arguments otherwise; ``--interval`` and ``--batch-size``
-override what it built. Add a subcommand by writing a ``_add_<name>`` function that
+that parameter, and with no arguments otherwise; with ``--config`` it is called with
+``connection=`` (the Redis client those settings build) and must take that parameter.
+``--interval`` and ``--batch-size`` override what it built. Add a subcommand by writing a ``_add_<name>`` function that
 registers its parser and sets ``handler``.
 """
 
@@ -35,6 +39,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from . import follow_ups
+from .connection import load_settings, redis_from_settings
 from .deduplicator import Deduplicator
 from .errors import DedupkitError
 from .keys import normalize_key
@@ -68,24 +73,44 @@ def load_factory(spec: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def build_scheduler(factory: Callable[..., Any], redis_url: str | None) -> Scheduler:
+def build_scheduler(factory: Callable[..., Any], redis_url: str | None, connection: Any = None) -> Scheduler:
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}  # type: ignore[assignment]
-    takes_url = "redis_url" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if redis_url is not None and not takes_url:
-        raise CliError("--url was given but the factory takes no redis_url parameter")
-    result = factory(redis_url=redis_url) if takes_url else factory()
+    any_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    takes_url = "redis_url" in params or any_kw
+    if connection is not None:
+        if "connection" not in params and not any_kw:
+            raise CliError("--config was given but the factory takes no connection parameter")
+        result = factory(connection=connection)
+    else:
+        if redis_url is not None and not takes_url:
+            raise CliError("--url was given but the factory takes no redis_url parameter")
+        result = factory(redis_url=redis_url) if takes_url else factory()
     if not isinstance(result, Scheduler):
         raise CliError(f"the factory returned {type(result).__name__}, not a dedupkit.scheduler.Scheduler")
     return result
 
 
+def _configured(args: argparse.Namespace) -> Any:
+    """The client of the ``--config`` settings (an explicit ``--url`` wins, as in RQ), or None."""
+    if args.config is None:
+        return None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `rq worker --path .` does
+    settings = load_settings(args.config)
+    if args.url is not None:
+        settings["REDIS_URL"] = args.url
+    return redis_from_settings(settings)
+
+
 def _run_scheduler(args: argparse.Namespace) -> int:
     if args.path:
         sys.path.insert(0, os.path.abspath(args.path))
-    scheduler = build_scheduler(load_factory(args.app), args.url)
+    connection = _configured(args)
+    url = None if connection is not None else args.url or os.environ.get("REDIS_URL")
+    scheduler = build_scheduler(load_factory(args.app), url, connection)
     if args.interval is not None:
         if args.interval <= 0:
             raise CliError("--interval must be positive")
@@ -106,8 +131,9 @@ def _add_scheduler(sub: Any) -> None:
     p.add_argument("--app", required=True, metavar="MODULE:FACTORY",
                    help="callable returning a dedupkit.scheduler.Scheduler")
     p.add_argument("--interval", type=float, default=None, help="seconds between ticks (default: the factory's)")
-    p.add_argument("--url", default=os.environ.get("REDIS_URL"),
-                   help="Redis URL passed to the factory as redis_url (default $REDIS_URL)")
+    p.add_argument("--url", default=None,
+                   help="Redis URL passed to the factory as redis_url (default $REDIS_URL, unless --config)")
+    _config_option(p)
     p.add_argument("--batch-size", type=int, default=None, help="requests per script call")
     p.add_argument("--max-ticks", type=int, default=None, help="stop after this many ticks (default: until signalled)")
     p.add_argument("--no-lease", action="store_true", help="tick on every replica (no leader election)")
@@ -119,7 +145,10 @@ def _dedup(args: argparse.Namespace) -> Deduplicator:
     from redis import Redis
     from rq import Queue
 
-    connection = Redis.from_url(args.url, socket_timeout=10, socket_connect_timeout=5)
+    connection = _configured(args)
+    if connection is None:
+        url = args.url or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        connection = Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
     return Deduplicator(Queue(args.queue, connection=connection), namespace=args.namespace,
                         job_id_prefix=args.prefix, allow_eviction=getattr(args, "allow_eviction", False))
 
@@ -243,10 +272,16 @@ def _run_requeue(args: argparse.Namespace) -> int:
     return 0 if counts["admitted"] == len(results) else 1
 
 
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default=None, metavar="MODULE",
+                   help="RQ settings module (as `rq worker -c`): REDIS_URL, or a SENTINEL dict")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("queue", metavar="QUEUE", help="RQ queue name")
-    p.add_argument("--url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-                   help="Redis URL (default $REDIS_URL, then redis://127.0.0.1:6379/0)")
+    p.add_argument("--url", default=None,
+                   help="Redis URL (default: the --config settings, else $REDIS_URL, else redis://127.0.0.1:6379/0)")
+    _config_option(p)
     p.add_argument("--namespace", default="dedupkit", help="dedupkit key namespace (default dedupkit)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--prefix", default="job", help="job id prefix of the Deduplicator (default job)")

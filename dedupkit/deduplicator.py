@@ -113,13 +113,27 @@ class Deduplicator:
     because an evicted slot or job hash lets a second job in beside a pending one.
 
     A ``Queue(is_async=False)`` runs each admitted job inline, as RQ does; see ``enqueue``.
+
+    ``min_replicas``/``replica_timeout`` (opt-in, default 0: Redis's asynchronous
+    replication): each admission call is followed, in the same round trip, by ``WAIT
+    min_replicas replica_timeout``; every Admission then says ``confirmed`` (True, or False
+    when fewer replicas acknowledged in time) and ``replicas``. A confirmed admission
+    survives a failover to an acknowledging replica; an unconfirmed one may not. The
+    connection's ``socket_timeout`` must exceed ``replica_timeout``.
     """
 
     def __init__(self, queue: Queue, *, namespace: str = "dedupkit", job_id_prefix: str = "job",
                  due_margin: float = 60.0, gc_budget: int = 2, gc_min_age: float = 60.0,
-                 allow_eviction: bool = False) -> None:
+                 allow_eviction: bool = False, min_replicas: int = 0, replica_timeout: float = 1.0) -> None:
         if not isinstance(queue, Queue):
             raise InvalidRequestError(f"queue must be an rq.Queue, not {type(queue).__name__}")
+        if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
+            raise InvalidRequestError(f"min_replicas must be an int >= 0, got {min_replicas!r}")
+        if (isinstance(replica_timeout, bool) or not isinstance(replica_timeout, (int, float))
+                or not 0 < replica_timeout < 3600):
+            raise InvalidRequestError(f"replica_timeout must be seconds in (0, 3600), got {replica_timeout!r}")
+        self.min_replicas = min_replicas
+        self.replica_timeout = float(replica_timeout)
         self.queue = queue
         self.connection = queue.connection
         self.namespace = namespace
@@ -311,8 +325,15 @@ class Deduplicator:
         limited = [p for p in batch if p.rate_limit is not None]
         if limited:
             self._register_rate_limits(limited)
-        replies = self._scripts.call(scripts.ADMIT, keys, args)
+        replies, replicas = self._call_admit(keys, args)
         admissions = [_with_last_run(self._admission(p, reply), reply) for p, reply in zip(batch, replies, strict=True)]
+        if replicas is not None:
+            confirmed = replicas >= self.min_replicas
+            if not confirmed:
+                logger.warning("%d of %d replicas acknowledged an admission call in %.3f s: its %d decisions are "
+                               "not certain (a failover now may lose them)", replicas, self.min_replicas,
+                               self.replica_timeout, len(batch))
+            admissions = [replace(a, replicas=replicas, confirmed=confirmed) for a in admissions]
         _raise_refusal(admissions)
         if limited:
             admissions = self._acquire_rate_limits(batch, admissions)
@@ -322,6 +343,14 @@ class Deduplicator:
         if not self.queue.is_async:
             admissions = [inline.run(self, admission) for admission in admissions]
         return admissions
+
+    def _call_admit(self, keys: list[str], args: list[Any]) -> tuple[Any, int | None]:
+        """The admit script's replies, and with ``min_replicas`` how many replicas
+        acknowledged its writes (script + WAIT pipelined: still one round trip)."""
+        if not self.min_replicas:
+            return self._scripts.call(scripts.ADMIT, keys, args), None
+        timeout_ms = max(1, round(self.replica_timeout * 1000))
+        return self._scripts.call_and_wait(scripts.ADMIT, keys, args, self.min_replicas, timeout_ms)
 
     def _register_rate_limits(self, limited: Sequence[_Prepared]) -> None:
         """Register each rate limit (RQ's ``RateLimitRegistry.register``) before its jobs are

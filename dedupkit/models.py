@@ -176,6 +176,13 @@ class Admission:
     left, and RQ would start a follow-up beside its next repeat) or 'coalesced' (a
     follow-up already waits; ``job_id`` is that follow-up's). A call that redis-py replayed
     after a lost reply answers ``admitted`` for the job its first run admitted.
+
+    ``confirmed`` is None unless the Deduplicator was built with ``min_replicas``: then
+    True when at least that many replicas acknowledged the decision's writes within
+    ``replica_timeout`` (``replicas`` says how many did), and False when fewer did. An
+    unconfirmed admission is written on the primary and may run, but a failover now can
+    lose it, slot and job: it is not certain. Retrying it is safe (a conflict answers
+    while it holds the key); ``Deduplicator.status(key)`` later tells whether it survived.
     """
 
     admitted: bool
@@ -187,6 +194,8 @@ class Admission:
     replaced: str | None = None
     follow_up_of: str | None = None
     reason: str | None = None
+    replicas: int | None = None
+    confirmed: bool | None = None
 
     @property
     def conflict(self) -> bool:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from redis.commands.core import Script
@@ -65,17 +65,53 @@ class Scripts:
 
     def call(self, spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script (one EVALSHA; EVAL once more after NOSCRIPT)."""
-        for what, have, fixed, more in (("KEYS", len(keys), spec.keys, spec.more_keys),
-                                        ("ARGV", len(args), spec.argv, spec.more_argv)):
-            if have < fixed or (not more and have != fixed):
-                raise AssertionError(f"{spec.name} takes {fixed} {what}, called with {have}")
+        _check_counts(spec, keys, args)
         with redis_errors():
             try:
                 return self._scripts[spec.name](keys=list(keys), args=list(args))
             except redis.exceptions.ResponseError as exc:
-                if refusal(exc) is not None:
-                    raise  # redis_errors turns it into RedisRefusedError
-                raise ScriptError(spec.name, exc) from exc
+                _raise_script_error(spec, exc)
+
+    def call_and_wait(self, spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any], replicas: int,
+                      timeout_ms: int) -> tuple[Any, int]:
+        """Run one script and ``WAIT replicas timeout_ms`` pipelined: one round trip.
+
+        Returns the script's reply and how many replicas acknowledged every write this
+        connection had sent up to and including the script's (Redis replicates in order, so
+        that covers whatever the script read, too). After NOSCRIPT the script is loaded and
+        the pair sent once more.
+        """
+        _check_counts(spec, keys, args)
+        script = self._scripts[spec.name]
+        with redis_errors():
+            for attempt in (1, 2):
+                pipe = self.connection.pipeline(transaction=False)
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.wait(replicas, timeout_ms)
+                reply, acked = pipe.execute(raise_on_error=False)
+                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
+                    script.sha = self.connection.script_load(script.script)
+                    continue
+                if isinstance(reply, redis.exceptions.ResponseError):
+                    _raise_script_error(spec, reply)
+                for answer in (reply, acked):
+                    if isinstance(answer, Exception):
+                        raise answer
+                return reply, int(acked)
+        raise AssertionError("unreachable")
+
+
+def _check_counts(spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any]) -> None:
+    for what, have, fixed, more in (("KEYS", len(keys), spec.keys, spec.more_keys),
+                                    ("ARGV", len(args), spec.argv, spec.more_argv)):
+        if have < fixed or (not more and have != fixed):
+            raise AssertionError(f"{spec.name} takes {fixed} {what}, called with {have}")
+
+
+def _raise_script_error(spec: ScriptSpec, exc: redis.exceptions.ResponseError) -> NoReturn:
+    if refusal(exc) is not None:
+        raise exc  # redis_errors turns it into RedisRefusedError
+    raise ScriptError(spec.name, exc) from exc
 
 
 # Error codes with which a server refuses a command because of its own state (role,
@@ -109,14 +145,18 @@ def refusal(exc: redis.exceptions.RedisError) -> tuple[str, str] | None:
 
 @contextmanager
 def redis_errors() -> Iterator[None]:
-    """Turn redis-py's connection errors and timeouts into RedisUnavailableError, and a
-    server's refusals (READONLY, OOM, ...) into RedisRefusedError, its subclass."""
+    """Turn redis-py's connection errors, timeouts and cluster errors (redirections
+    exhausted) into RedisUnavailableError, and a server's refusals (READONLY, OOM,
+    TRYAGAIN, ...) into RedisRefusedError, its subclass."""
     try:
         yield
     except redis.exceptions.RedisError as exc:
         refused = refusal(exc)
         if refused is not None:
             raise RedisRefusedError(exc, *refused) from exc
-        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        # ClusterError: redis-py's RedisCluster gave up following MOVED/ASK/TRYAGAIN (a slot
+        # in migration, a node down): the cluster is not serving the key now.
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                            redis.exceptions.ClusterError)):
             raise RedisUnavailableError(exc) from exc
         raise

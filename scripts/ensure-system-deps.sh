@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Install the system packages the tests need when they are missing: a real redis-server,
-# and Debian's chromium + chromium-driver for the browser test. Uses apt-get as root (or
+# Install the system packages the tests need when they are missing: a real redis-server
+# and redis-cli, and Debian's chromium + chromium-driver for the browser test. Uses apt-get as root (or
 # through sudo). Does nothing when everything is already there.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# redis-cli (Debian's redis-tools): the Redis Cluster tests create their cluster with it.
+# Sentinels run as `redis-server --sentinel`, so redis-sentinel is not needed.
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 if [ "${DEDUPKIT_SKIP_BROWSER:-0}" != "1" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)

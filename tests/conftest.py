@@ -36,10 +36,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "real_server" in getattr(item, "fixturenames", ()) or "[real]" in item.nodeid:
             item.add_marker(pytest.mark.real)
+    # The long Sentinel/Cluster runs (minutes each) belong to `make test-topology`; `make
+    # test` keeps a representative one of each. Deselected, not skipped: not a missing server.
+    if os.environ.get("DEDUPKIT_TOPOLOGY_FULL") != "1":
+        long_runs = [item for item in items if "topology_full" in item.keywords]
+        if long_runs:
+            config.hook.pytest_deselected(items=long_runs)
+            items[:] = [item for item in items if "topology_full" not in item.keywords]
 
 
 @pytest.fixture(scope="session")

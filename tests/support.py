@@ -98,8 +98,10 @@ class RQWorker:
 
     def __init__(self, url: str, queue: str | Sequence[str], *, scheduler: bool = False,
                  worker_class: str | None = None, monitoring_interval: int | None = None, burst: bool = False,
-                 name: str | None = None, env: Mapping[str, str] | None = None) -> None:
-        args = [RQ_BIN, "worker", "-u", url, "--path", str(ROOT), "--maintenance-interval", "600"]
+                 name: str | None = None, env: Mapping[str, str] | None = None, settings: str | None = None) -> None:
+        # settings: an RQ settings module (``rq worker -c``, e.g. a SENTINEL dict) instead of the URL.
+        where = ["-c", settings] if settings else ["-u", url]
+        args = [RQ_BIN, "worker", *where, "--path", str(ROOT), "--maintenance-interval", "600"]
         if scheduler:
             args.append("--with-scheduler")
         if worker_class:
@@ -112,7 +114,8 @@ class RQWorker:
             args += ["-n", name]
         args += [queue] if isinstance(queue, str) else list(queue)
         self.log = tempfile.NamedTemporaryFile(prefix="rq-worker-", suffix=".log", delete=False)
-        env = dict(os.environ, **(env or {}), PYTHONPATH=str(ROOT))
+        extra_path = (env or {}).get("PYTHONPATH")
+        env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), extra_path)))}
         # Own process group. RQ's work-horse leaves it (os.setpgrp() after the fork), so
         # the horses are signalled by pid as well.
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,

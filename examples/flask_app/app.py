@@ -7,6 +7,9 @@ Configuration (``config`` overrides the environment):
                 on restart) and a warning.
   DATABASE      EMAIL_APP_DATABASE, default examples/flask_app/instance/app.sqlite3
   REDIS_URL     REDIS_URL, default redis://127.0.0.1:6379/0; or REDIS, a redis.Redis
+  SENTINEL      RQ's SENTINEL dict (INSTANCES, MASTER_NAME, SOCKET_TIMEOUT, ...): connect to
+                the primary the sentinels name; from the env, the SENTINEL of the RQ settings
+                module named by EMAIL_APP_RQ_CONFIG (the one ``rq worker -c`` reads).
   QUEUE_NAME    "email_processing"
   JOB_SECONDS   EMAIL_JOB_SECONDS, how long a simulated run takes (default 5)
   SEED_DEMO_USERS / DEMO_PASSWORD (EMAIL_APP_DEMO_PASSWORD): create alice, bob, carol and
@@ -60,6 +63,7 @@ from dedupkit import (
     SlotStatus,
     job_utils,
 )
+from dedupkit.connection import load_settings, redis_from_settings
 
 from . import db
 from .tasks import DEFAULT_DB, process_user_emails_standalone
@@ -99,6 +103,23 @@ def redis_from_url(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=3)
 
 
+def sentinel_from_env() -> dict[str, Any] | None:
+    """The SENTINEL dict of the RQ settings module named by EMAIL_APP_RQ_CONFIG (the module
+    ``rq worker -c`` reads), or None."""
+    module = os.environ.get("EMAIL_APP_RQ_CONFIG")
+    return load_settings(module).get("SENTINEL") if module else None
+
+
+def redis_from_config(url: str, sentinel: dict[str, Any] | None) -> redis.Redis:
+    """RQ's ``SENTINEL`` settings when given (the current primary, found through the
+    sentinels), else the URL; short timeouts either way unless the settings say otherwise."""
+    if sentinel is None:
+        return redis_from_url(url)
+    settings = {"SOCKET_TIMEOUT": 3, **sentinel,
+                "CONNECTION_KWARGS": {"socket_connect_timeout": 1, **sentinel.get("CONNECTION_KWARGS", {})}}
+    return redis_from_settings({"SENTINEL": settings})
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     secret = os.environ.get("EMAIL_APP_SECRET_KEY")
@@ -107,6 +128,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         DATABASE=os.environ.get("EMAIL_APP_DATABASE", DEFAULT_DB),
         REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         REDIS=None,
+        SENTINEL=sentinel_from_env(),
         QUEUE_NAME=QUEUE_NAME,
         JOB_SECONDS=float(os.environ.get("EMAIL_JOB_SECONDS", "5")),
         SEED_DEMO_USERS=False,
@@ -130,7 +152,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if app.config["SEED_DEMO_USERS"]:
         db.seed_demo_users(app.config["DATABASE"], app.config["DEMO_PASSWORD"],
                            hash_method=app.config["PASSWORD_HASH_METHOD"])
-    connection = app.config["REDIS"] or redis_from_url(app.config["REDIS_URL"])
+    connection = app.config["REDIS"] or redis_from_config(app.config["REDIS_URL"], app.config["SENTINEL"])
     dedup = make_deduplicator(connection, app.config["QUEUE_NAME"], allow_eviction=app.config["ALLOW_EVICTION"])
     app.extensions["dedupkit"] = dedup
 

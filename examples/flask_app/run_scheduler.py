@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from .scheduling import make_scheduler
@@ -18,7 +17,8 @@ from .scheduling import make_scheduler
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_scheduler", description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks (default 60)")
-    parser.add_argument("--url", default=os.environ.get("REDIS_URL"), help="Redis URL (default $REDIS_URL)")
+    parser.add_argument("--url", default=None,
+                        help="Redis URL (default: the SENTINEL of EMAIL_APP_RQ_CONFIG if set, else $REDIS_URL)")
     parser.add_argument("--db", default=None, help="SQLite path (default $EMAIL_APP_DATABASE)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

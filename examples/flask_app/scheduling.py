@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import redis
+
 from dedupkit.scheduler import ScheduleEntry, Scheduler
 
 from . import db
-from .app import make_deduplicator, redis_from_url
+from .app import make_deduplicator, redis_from_config, sentinel_from_env
 from .tasks import default_db_path, default_job_seconds, process_user_emails_standalone
 
 
@@ -34,10 +36,11 @@ def schedule_entries(db_path: str, *, seconds: float | None = None) -> Iterator[
 
 
 def make_scheduler(redis_url: str | None = None, *, db_path: str | None = None, interval: float = 60.0,
-                   seconds: float | None = None) -> Scheduler:
-    """The example's Scheduler: REDIS_URL and EMAIL_APP_DATABASE unless given."""
+                   seconds: float | None = None, connection: redis.Redis | None = None) -> Scheduler:
+    """The example's Scheduler: ``connection``, else the SENTINEL settings of
+    EMAIL_APP_RQ_CONFIG, else ``redis_url``/REDIS_URL; EMAIL_APP_DATABASE unless given."""
     url = redis_url or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     path = db_path or default_db_path()
     db.init_db(path)
-    dedup = make_deduplicator(redis_from_url(url))
+    dedup = make_deduplicator(connection or redis_from_config(url, None if redis_url else sentinel_from_env()))
     return Scheduler(dedup, lambda: schedule_entries(path, seconds=seconds), interval=interval, subject="user")
