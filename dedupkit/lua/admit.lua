@@ -26,29 +26,29 @@
 -- KEYS[8]  started zset     rq:wip:<q>, member <job_id>:<exec_id>, score = lease end (epoch s)
 -- KEYS[9]  deferred zset    rq:deferred:<q>
 -- KEYS[10] canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
--- KEYS[11] last-run hash    <ns>:last:<q>, field = encoded key, value = "<job id>|<status>|<ended at>"
+-- KEYS[11] last hash        <ns>:last:<q>, field = encoded key, value = "<job id>|<status>|<ended at>"
 -- KEYS[12] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
 -- KEYS[13..] job hash       rq:job:<new job id>, one per request, in request order
--- ARGV[1]  job key prefix   "rq:job:" (for holders' ids, which Python cannot know)
--- ARGV[2]  executions prefix "rq:executions:"
+-- ARGV[1]  job_prefix       "rq:job:" (for holders' ids, which Python cannot know)
+-- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3]  n                number of requests (= #KEYS - 12)
--- ARGV[4]  gc budget        slots to check per request (of the least recently checked;
+-- ARGV[4]  gc_budget        slots to check per request (of the least recently checked;
 --                           at most 100 a call, or the budget itself if larger; >= 0)
--- ARGV[5]  gc min age       seconds a slot must be unchecked before gc looks at it
--- ARGV[6]  due margin       seconds; a scheduled holder due before now + margin is kept
--- ARGV[7]  now text         RQ-format UTC time, written as enqueued_at of a released follow-up
--- ARGV[8]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
--- ARGV[9]  dependencies tpl RQ's key of a job's dependencies set, "rq:job::%s:dependencies"
--- ARGV[10] rate-limited tpl RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited";
+-- ARGV[5]  gc_min_age       seconds a slot must be unchecked before gc looks at it
+-- ARGV[6]  due_margin       seconds; a scheduled holder due before now + margin is kept
+-- ARGV[7]  now_text         RQ-format UTC time, written as enqueued_at of a released follow-up
+-- ARGV[8]  dependents_template  RQ's key of a job's dependents set, "rq:job:%s:dependents"
+-- ARGV[9]  dependencies_template RQ's key of a job's dependencies set, "rq:job::%s:dependencies"
+-- ARGV[10] rate_limited_template RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited";
 --                           '' on RQ 2 (for withdrawing a 'rate_limited' holder)
--- ARGV[11..] per request, in order:
+-- ARGV[11..] requests, per request, in order:
 --          field            encoded dedup key
---          job id           the new job's id
+--          job_id           the new job's id
 --          mode             'back' (RPUSH), 'front' (LPUSH), 'schedule' (ZADD KEYS[7]) or (RQ 3)
 --                           'rate_limit' (ZADD the waiting zset of the job's rate_limit_key;
 --                           Python then runs RQ's acquire script, which queues it)
---          run at           epoch seconds for 'schedule', '' otherwise
---          job ttl          seconds the job hash may live before it runs, 0 = no expiry
+--          run_at           epoch seconds for 'schedule', '' otherwise
+--          job_ttl          seconds the job hash may live before it runs, 0 = no expiry
 --          policy           'reject', 'replace' or 'follow_up'
 --          nfields          number of job hash field/value pairs that follow
 --          field, value...  2 * nfields strings, the RQ job hash (status already set)
