@@ -56,11 +56,10 @@ class Prepared:
 
 def policy_of(value: object) -> OnConflict:
     """``on_conflict`` as an OnConflict; the plain strings callers pass are accepted."""
-    try:
+    if isinstance(value, str) and value in OnConflict.__members__.values():
         return OnConflict(value)
-    except ValueError:
-        choices = ", ".join(p.value for p in OnConflict)
-        raise InvalidRequestError(f"on_conflict must be one of {choices}, not {value!r}") from None
+    choices = ", ".join(p.value for p in OnConflict)
+    raise InvalidRequestError(f"on_conflict must be one of {choices}, not {value!r}")
 
 
 def flatten(job: Job) -> list[Any]:

@@ -69,8 +69,9 @@ class Deduplicator(DedupCore):
         ``depends_on``, ``pipeline`` and ``unique`` are refused, ``rate_limit`` on RQ 2.
 
         ``on_conflict`` (an ``OnConflict`` or its string) says what to do when a job is
-        pending, in the same script call: "reject" (answer the conflict), "replace" (withdraw a queued or scheduled holder,
-        status 'canceled', and admit this one; a running holder is kept) or "follow_up"
+        pending, in the same script call: "reject" (answer the conflict), "replace"
+        (withdraw a queued or scheduled holder, status 'canceled', and admit this one; a
+        running holder is kept) or "follow_up"
         (when the holder runs, admit this job to run once after it ends, success or
         failure; one follow-up per key, later requests are coalesced into it).
         With ``Queue(is_async=False)`` the admitted job runs inline before this returns,

@@ -173,9 +173,9 @@ def test_bad_construction_is_refused(fake_redis: redis.Redis) -> None:
     aconn = fakeredis.aioredis.FakeRedis()
     with pytest.raises(InvalidRequestError, match="inline"):
         AsyncDeduplicator(Queue("q", connection=fake_redis, is_async=False), connection=aconn)
-    with pytest.raises(InvalidRequestError, match="redis.asyncio"):
+    with pytest.raises(InvalidRequestError, match=r"redis\.asyncio"):
         AsyncDeduplicator(Queue("q", connection=fake_redis), connection=object())
-    with pytest.raises(InvalidRequestError, match="rq.Queue"):
+    with pytest.raises(InvalidRequestError, match=r"rq\.Queue"):
         AsyncDeduplicator("q", connection=aconn)  # type: ignore[arg-type]
 
 

@@ -45,8 +45,8 @@ def _name(raw: str) -> str:
 def _split_top(expr: str) -> list[str]:
     parts, depth, cur = [], 0, ""
     for ch in expr:
-        depth += ch in "({[" and 1 or 0
-        depth -= ch in ")}]" and 1 or 0
+        depth += int(ch in "({[")
+        depth -= int(ch in ")}]")
         if ch == "," and depth == 0:
             parts.append(cur.strip())
             cur = ""
