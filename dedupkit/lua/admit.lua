@@ -90,18 +90,9 @@ local function count(name)
   counts[name] = (counts[name] or 0) + 1
 end
 
--- One request; returns its reply. Runs under pcall: a request that meets damaged data
--- (say a key of the wrong type) answers 'error' and the others in the batch go on.
-local function decide(i, pos, last)
-  local field, job_id, mode, run_at = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
-  local job_ttl, policy = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
-  local first = pos + 7
-  local job_key = KEYS[FIXED_KEYS + i]
-
-  local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
-
-  -- A replayed call (redis-py resends a command whose reply was lost): this very job was
-  -- admitted by the first run. Answer that, and change nothing.
+-- A replayed call (redis-py resends a command whose reply was lost): this very job was
+-- admitted by the first run. Answer that, and change nothing. nil when it is no replay.
+local function replay(job_id, job_key, field, holder, info, follow)
   if holder == job_id or follow == job_id or (redis.call('EXISTS', job_key) == 1 and
       string.sub(redis.call('HGET', K.last, field) or '', 1, #job_id + 1) == job_id .. '|') then
     count('replayed')
@@ -111,12 +102,14 @@ local function decide(i, pos, last)
     end
     return { 'admitted', job_id, '', '', '', '', '', 'replayed', '' }
   end
-  -- Before anything is withdrawn: an existing hash is never written over.
-  if redis.call('EXISTS', job_key) == 1 then
-    count('collision')
-    return { 'collision', job_id, '', '', '', '', '', '', '' }
-  end
+  return nil
+end
 
+-- The request's policy against the slot's pending holder (info nil: the key is free).
+-- Returns whether to admit, the reply's note, the running holder a follow-up waits for,
+-- the replaced job's RQ 3 rate limit key, and the holder and info to answer with (a
+-- coalesced request answers with the waiting follow-up).
+local function apply_policy(policy, field, holder, info, follow)
   local admit, note, parent, replaced_rl = (info == nil), '', nil, ''
   if info and policy == 'replace' then
     local outcome = dk_withdraw(K, holder, info, now, due_margin)
@@ -147,64 +140,113 @@ local function decide(i, pos, last)
       admit, note, parent = true, 'follow_up:' .. holder, holder
     end
   end
+  return admit, note, parent, replaced_rl, holder, info
+end
 
+-- Write the prepared RQ job hash (an existing one was refused before) and register the
+-- queue. Returns the status and enqueued_at it carries, and its RQ 3 rate limit key.
+local function write_job(job_key, job_ttl, mode, first, last)
+  local status, enqueued_at, rl_key = '', '', nil
+  for j = first, last, 2 do
+    if ARGV[j] == 'status' then status = ARGV[j + 1] end
+    if ARGV[j] == 'enqueued_at' then enqueued_at = ARGV[j + 1] end
+    if ARGV[j] == 'rate_limit_key' then rl_key = ARGV[j + 1] end
+  end
+  if mode == 'rate_limit' and (not rl_key or K.rate_limited == '') then
+    error('admit.lua: rate_limit mode without a rate_limit_key or RQ 3 template')
+  end
+  redis.call('HSET', job_key, unpack(ARGV, first, last))
+  if job_ttl > 0 then
+    redis.call('EXPIRE', job_key, job_ttl)
+  end
+  redis.call('SADD', queues_key, K.queue)
+  return status, enqueued_at, rl_key
+end
+
+-- What RQ's Queue.enqueue does for depends_on=Dependency([parent], allow_failure=True)
+-- when the parent has not finished: deferred, registered as the parent's dependent. The
+-- slot stays with the parent; the followups hash names this job. Returns the new job's
+-- status, enqueued_at and scheduled_for.
+local function defer(job_key, job_id, field, parent)
+  local status, enqueued_at
+  status, enqueued_at = 'deferred', ''
+  redis.call('HSET', job_key, 'status', status, 'dependency_id', parent,
+    'dependency_ids', '["' .. parent .. '"]', 'allow_dependency_failures', '1')
+  redis.call('HDEL', job_key, 'enqueued_at')
+  redis.call('ZADD', K.deferred, now, job_id)
+  redis.call('SADD', string.format(K.dependents, parent), job_id)
+  redis.call('SADD', string.format(dependencies_tpl, job_id), parent)
+  redis.call('HSET', K.followups, field, job_id)
+  count('follow_up')
+  return status, enqueued_at, ''
+end
+
+-- Put the new job where RQ takes it from (scheduled registry, rate limit zset or queue),
+-- record a stale predecessor as the key's last run, and point the slot at the new job.
+-- Returns its scheduled_for.
+local function place(mode, job_id, run_at, rl_key, field, holder, reason)
+  local scheduled_for = ''
+  if mode == 'schedule' then
+    redis.call('ZADD', K.scheduled, run_at, job_id)
+    scheduled_for = run_at
+  elseif mode == 'rate_limit' then
+    -- RQ 3's Queue._enqueue_rate_limited_job: wait in the limit's zset, scored by now.
+    redis.call('ZADD', string.format(K.rate_limited, rl_key), now, job_id)
+  elseif mode == 'front' then
+    redis.call('LPUSH', K.queue, job_id)
+  else
+    redis.call('RPUSH', K.queue, job_id)
+  end
+  if holder and reason == 'dead' then
+    count('dead')
+  end
+  if holder and reason then
+    count('recovered')
+    dk_remember(K, field, holder, reason, now_text)
+  end
+  redis.call('HSET', K.slots, field, job_id)
+  return scheduled_for
+end
+
+-- One request; returns its reply. Runs under pcall: a request that meets damaged data
+-- (say a key of the wrong type) answers 'error' and the others in the batch go on.
+-- Steps: find the holder, answer a replay, refuse a collision, apply the policy, then
+-- either answer the conflict or write the job and take the slot (or wait behind it).
+local function decide(i, pos, last)
+  local field, job_id, mode, run_at = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
+  local job_ttl, policy = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
+  local first = pos + 7
+  local job_key = KEYS[FIXED_KEYS + i]
+
+  local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
+  local replayed = replay(job_id, job_key, field, holder, info, follow)
+  if replayed then
+    return replayed
+  end
+  -- Before anything is withdrawn: an existing hash is never written over.
+  if redis.call('EXISTS', job_key) == 1 then
+    count('collision')
+    return { 'collision', job_id, '', '', '', '', '', '', '' }
+  end
+
+  local admit, note, parent, replaced_rl
+  admit, note, parent, replaced_rl, holder, info = apply_policy(policy, field, holder, info, follow)
   if not admit then
     count('conflict')
     local waiting = (note ~= 'coalesced' and follow) or ''
     return { 'conflict', holder, info[1], info[2], info[3], info[4], '', note, waiting }
-  else
-    local status, enqueued_at, rl_key = '', '', nil
-    for j = first, last, 2 do
-      if ARGV[j] == 'status' then status = ARGV[j + 1] end
-      if ARGV[j] == 'enqueued_at' then enqueued_at = ARGV[j + 1] end
-      if ARGV[j] == 'rate_limit_key' then rl_key = ARGV[j + 1] end
-    end
-    if mode == 'rate_limit' and (not rl_key or K.rate_limited == '') then
-      error('admit.lua: rate_limit mode without a rate_limit_key or RQ 3 template')
-    end
-    redis.call('HSET', job_key, unpack(ARGV, first, last))
-    if job_ttl > 0 then
-      redis.call('EXPIRE', job_key, job_ttl)
-    end
-    redis.call('SADD', queues_key, K.queue)
-    local scheduled_for = ''
-    if parent then
-      -- What RQ's Queue.enqueue does for depends_on=Dependency([parent], allow_failure=True)
-      -- when the parent has not finished: deferred, registered as the parent's dependent.
-      status, enqueued_at = 'deferred', ''
-      redis.call('HSET', job_key, 'status', status, 'dependency_id', parent,
-        'dependency_ids', '["' .. parent .. '"]', 'allow_dependency_failures', '1')
-      redis.call('HDEL', job_key, 'enqueued_at')
-      redis.call('ZADD', K.deferred, now, job_id)
-      redis.call('SADD', string.format(K.dependents, parent), job_id)
-      redis.call('SADD', string.format(dependencies_tpl, job_id), parent)
-      redis.call('HSET', K.followups, field, job_id)
-      count('follow_up')
-    else
-      if mode == 'schedule' then
-        redis.call('ZADD', K.scheduled, run_at, job_id)
-        scheduled_for = run_at
-      elseif mode == 'rate_limit' then
-        -- RQ 3's Queue._enqueue_rate_limited_job: wait in the limit's zset, scored by now.
-        redis.call('ZADD', string.format(K.rate_limited, rl_key), now, job_id)
-      elseif mode == 'front' then
-        redis.call('LPUSH', K.queue, job_id)
-      else
-        redis.call('RPUSH', K.queue, job_id)
-      end
-      if holder and reason == 'dead' then
-        count('dead')
-      end
-      if holder and reason then
-        count('recovered')
-        dk_remember(K, field, holder, reason, now_text)
-      end
-      redis.call('HSET', K.slots, field, job_id)
-    end
-    redis.call('ZADD', gc_key, now, field)
-    count('admitted')
-    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, replaced_rl }
   end
+
+  local status, enqueued_at, rl_key = write_job(job_key, job_ttl, mode, first, last)
+  local scheduled_for
+  if parent then
+    status, enqueued_at, scheduled_for = defer(job_key, job_id, field, parent)
+  else
+    scheduled_for = place(mode, job_id, run_at, rl_key, field, holder, reason)
+  end
+  redis.call('ZADD', gc_key, now, field)
+  count('admitted')
+  return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, replaced_rl }
 end
 
 local pos = FIRST_REQUEST
