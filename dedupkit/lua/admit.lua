@@ -54,7 +54,7 @@
 --          field, value...  2 * nfields strings, the RQ job hash (status already set)
 -- Reply: one array per request (9 fields):
 --   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, replaced_rl}
---     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead');
+--     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead'|'lost');
 --     replaced_rl = the replaced job's RQ 3 rate limit key, '' if none (Python then runs
 --     RQ's RateLimitRegistry.cancel for it, as RQ's Job.cancel does);
 --     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>' | 'replayed'
