@@ -171,6 +171,12 @@ def check_rate_limit(queue: Queue, rate_limit: Any, policy: OnConflict) -> Any:
     return rate_limit
 
 
+def held(status: SlotStatus) -> Admission:
+    """The answer for a key whose slot ``status`` shows a pending job, read before any
+    admission was tried (the Scheduler's precheck): what a conflict would have said."""
+    return Admission(False, status.job_id, status)
+
+
 def to_admission(p: Prepared, reply: AdmitReply) -> Admission:
     """The Admission one admit.lua reply means for request ``p`` (and its log line)."""
     job_id = reply.job_id

@@ -35,6 +35,7 @@ from typing import Any
 
 import redis
 
+from .admission import held
 from .deduplicator import Deduplicator
 from .errors import (
     DedupkitError,
@@ -273,7 +274,7 @@ class Scheduler:
         rest = []
         for i, (request, at) in enumerate(batch):
             if i in pending:
-                self._record(request, at, Admission(False, pending[i].job_id, pending[i]), result)
+                self._record(request, at, held(pending[i]), result)
             else:
                 rest.append((request, at))
         return rest
