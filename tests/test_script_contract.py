@@ -90,8 +90,9 @@ def problems(contract: protocol.Contract, text: str) -> list[str]:
         documented = {int(i): name.replace("-", "_") for i, name in
                       re.findall(rf"^-- {what}\[(\d+)\]\s+(\S+)", header, re.M)}
         expected = {i + 1: name for i, name in enumerate(names)}
-        if documented != expected:
-            out.append(f"header {what}: {documented} != contract {expected}")
+        for i in sorted(set(documented) | set(expected)):
+            if documented.get(i) != expected.get(i):
+                out.append(f"header {what}[{i}] is {documented.get(i)!r}, contract says {expected.get(i)!r}")
         tail = re.findall(rf"^-- {what}\[(\d+)\.\.\]\s*(\w+)", header, re.M)
         want_tail = [(str(len(names) + 1), more)] if more else []
         if tail != want_tail:
