@@ -12,6 +12,7 @@ import fakeredis.aioredis
 import pytest
 import redis
 import redis.asyncio
+import rq
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from rq import Queue
@@ -23,6 +24,7 @@ from dedupkit import (
     InvalidKeyError,
     InvalidRequestError,
     JobIdCollisionError,
+    JobState,
     NaiveDatetimeError,
     RedisUnavailableError,
 )
@@ -208,3 +210,25 @@ def test_stop_running_sends_rqs_stop_command_from_a_thread(real_redis: redis.Red
 
     job_id = asyncio.run(scenario())
     assert queue.fetch_job(job_id).get_status() == JobStatus.STOPPED  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(int(rq.__version__.split(".")[0]) < 3, reason="RQ 3 rate limits")
+@pytest.mark.rq_version
+def test_rate_limited_admission_and_cancel_run_rqs_registry_in_a_thread(pair: Pair) -> None:
+    from rq.rate_limit import RateLimit, RateLimitRegistry
+
+    sync, aconn = pair
+    queue = Queue("alimit", connection=sync)
+    adedup = AsyncDeduplicator(queue, connection=aconn, rq_connection=sync)
+    limit = RateLimit("mail", 1)
+
+    async def scenario() -> tuple[Any, Any, bool, Any]:
+        first = await adedup.enqueue("a", TASK, "a", rate_limit=limit)
+        second = await adedup.enqueue("b", TASK, "b", rate_limit=limit)
+        cancelled = await adedup.cancel("a")  # RQ's RateLimitRegistry.cancel frees its slot: "b" is promoted
+        return first, second, cancelled, await adedup.status("b")
+
+    first, second, cancelled, b = asyncio.run(scenario())
+    assert first.status.state is JobState.QUEUED and second.status.state is JobState.RATE_LIMITED
+    assert cancelled and b.state is JobState.QUEUED
+    assert RateLimitRegistry("mail", connection=sync).get_allowed_job_ids() == [second.job_id]
