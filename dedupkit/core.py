@@ -48,6 +48,10 @@ class DedupCore:
         self.keys = KeySpace.for_queue(queue, namespace)
         self.allow_eviction = bool(allow_eviction)
         self._eviction_checked = False
+        # The key space never changes: each script's KEYS and fixed ARGV are read from it once.
+        self._admit_call = protocol.ADMIT.bind(self.keys)
+        self._status_call = protocol.STATUS.bind(self.keys)
+        self._cancel_call = protocol.CANCEL.bind(self.keys)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(queue={self.queue.name!r}, namespace={self.namespace!r})"
@@ -85,17 +89,18 @@ class DedupCore:
         return [a for a in results if a is not None]
 
     def _admit_flow(self, batch: Sequence[Prepared]) -> Flow[list[Admission]]:
-        yield from self._eviction_flow()
-        k, contract = self.keys, protocol.ADMIT
-        keys = contract.key_list(k, (k.job_key(p.job.id) for p in batch))
-        args = contract.arg_list(k, {"n": len(batch), "gc_budget": self.gc_budget, "gc_min_age": self.gc_min_age,
-                                     "due_margin": self.due_margin, "now_text": utcformat(rq_now())})
+        if not self._eviction_checked:
+            yield from self._eviction_flow()
+        k, call = self.keys, self._admit_call
+        keys = call.key_list([k.job_key(p.job.id) for p in batch])
+        args = call.arg_list({"n": len(batch), "gc_budget": self.gc_budget, "gc_min_age": self.gc_min_age,
+                              "due_margin": self.due_margin, "now_text": utcformat(rq_now())})
         for p in batch:
             args += p.argv()
         limited = [p for p in batch if p.rate_limit is not None]
         if limited:
             yield Blocking(lambda conn: _register_rate_limits(conn, limited))
-        replies = protocol.admit_replies((yield Script(contract, keys, args)))
+        replies = protocol.admit_replies((yield Script(call.contract, keys, args)))
         admissions = [to_admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
         _raise_refusal(admissions)
         if limited:
@@ -142,11 +147,11 @@ class DedupCore:
         if batch_size < 1:
             raise InvalidRequestError("batch_size must be at least 1")
         norms = [normalize_key(key) for key in keys]
-        k, contract = self.keys, protocol.STATUS
+        call = self._status_call
         statuses: list[SlotStatus] = []
         for start in range(0, len(norms), batch_size):
             chunk = norms[start:start + batch_size]
-            replies = yield Script(contract, contract.key_list(k), contract.arg_list(k, {}, map(encode_key, chunk)))
+            replies = yield Script(call.contract, call.keys, call.arg_list({}, map(encode_key, chunk)))
             statuses += (protocol.StatusReply.decode(reply).slot(norm)
                          for norm, reply in zip(chunk, replies, strict=True))
         return statuses
@@ -159,11 +164,11 @@ class DedupCore:
 
     def _cancel_flow(self, key: Key, stop_running: bool) -> Flow[bool]:
         norm = normalize_key(key)
-        k, contract = self.keys, protocol.CANCEL
+        call = self._cancel_call
         reply = protocol.CancelReply.decode((yield Script(
-            contract, contract.key_list(k),
-            contract.arg_list(k, {"field": encode_key(norm), "due_margin": self.due_margin,
-                                  "now_text": utcformat(rq_now())}))))
+            call.contract, call.keys,
+            call.arg_list({"field": encode_key(norm), "due_margin": self.due_margin,
+                           "now_text": utcformat(rq_now())}))))
         if reply.outcome == "cancelled":
             logger.info("Key %r: cancelled job %s", norm, reply.job_id)
             yield from self._release_rate_limit_flow(reply.job_id, reply.rate_limit_key)

@@ -55,6 +55,35 @@ class Contract:
         args.extend(more)
         return args
 
+    def bind(self, space: object) -> Bound:
+        """This contract with everything ``space`` names looked up once (a queue's key
+        space does not change): each call then supplies only the remaining ARGV names."""
+        return Bound(self, tuple(self.key_list(space)),
+                     tuple(getattr(space, name, None) for name in self.argv),
+                     tuple((i, name) for i, name in enumerate(self.argv) if not hasattr(space, name)))
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A contract bound to one key space: its fixed KEYS and ARGV, and which ARGV each call gives."""
+
+    contract: Contract
+    keys: tuple[str, ...]
+    argv: tuple[Any, ...]
+    per_call: tuple[tuple[int, str], ...]
+
+    def key_list(self, more: Iterable[str] = ()) -> list[str]:
+        keys = list(self.keys)
+        keys.extend(more)
+        return keys
+
+    def arg_list(self, values: Mapping[str, Any], more: Iterable[Any] = ()) -> list[Any]:
+        args = list(self.argv)
+        for i, name in self.per_call:
+            args[i] = values[name]
+        args.extend(more)
+        return args
+
 
 _RQ_READ = ("job_prefix", "executions_prefix")
 
@@ -127,19 +156,22 @@ def slot_status(key: str, job_id: bytes | str, rq_status: bytes | str, enqueued_
                 last: LastRun | None = None) -> SlotStatus:
     """The slot of ``key`` held by ``job_id``, from the holder fields every script reports
     (``{rq_status, enqueued_at, started_at, scheduled_for}``: dk_pending's answer)."""
-    return SlotStatus(
-        key=key,
-        job_id=text(job_id),
-        state=JobState.from_rq(text(rq_status)),
-        scheduled_for=_epoch(text(scheduled_for)),
-        enqueued_at=_rq_time(text(enqueued_at)),
-        started_at=_rq_time(text(started_at)),
-        follow_up_job_id=text(follow_up) or None,
-        last_run=last,
-    )
+    return _slot(key, text(job_id), text(rq_status), text(enqueued_at), text(started_at), text(scheduled_for),
+                 text(follow_up), last)
 
 
-@dataclass(frozen=True, slots=True)
+def _slot(key: str, job_id: str, rq_status: str, enqueued_at: str, started_at: str, scheduled_for: str,
+          follow_up: str, last: LastRun | None) -> SlotStatus:
+    return SlotStatus(key=key, job_id=job_id, state=JobState.from_rq(rq_status), scheduled_for=_epoch(scheduled_for),
+                      enqueued_at=_rq_time(enqueued_at), started_at=_rq_time(started_at),
+                      follow_up_job_id=follow_up or None, last_run=last)
+
+
+def _texts(raw: Sequence[bytes | str]) -> list[str]:
+    return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in raw]
+
+
+@dataclass(slots=True)
 class AdmitReply:
     """One request's answer from admit.lua (see its header).
 
@@ -164,7 +196,7 @@ class AdmitReply:
 
     @classmethod
     def decode(cls, raw: Sequence[bytes | str]) -> AdmitReply:
-        decision, job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, extra = map(text, raw)
+        decision, job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, extra = _texts(raw)
         action, _, other = note.partition(":")
         admitted = decision == "admitted"
         conflict = decision == "conflict"
@@ -186,15 +218,15 @@ class AdmitReply:
         """The slot as this reply describes it (conflict, or a replay of a pending job)."""
         if not self.rq_status:
             return SlotStatus(key)
-        return slot_status(key, self.job_id, self.rq_status, self.enqueued_at, self.started_at, self.scheduled_for,
-                           self.waiting_follow_up)
+        return _slot(key, self.job_id, self.rq_status, self.enqueued_at, self.started_at, self.scheduled_for,
+                     self.waiting_follow_up or "", None)
 
 
 def admit_replies(raw: Sequence[Sequence[bytes | str]]) -> list[AdmitReply]:
     return [AdmitReply.decode(reply) for reply in raw]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StatusReply:
     """One key's answer from status.lua: its holder ('' when free) and its last run."""
 
@@ -208,17 +240,17 @@ class StatusReply:
 
     @classmethod
     def decode(cls, raw: Sequence[bytes | str]) -> StatusReply:
-        return cls(*map(text, raw))
+        return cls(*_texts(raw))
 
     def slot(self, key: str) -> SlotStatus:
         last = last_run(self.last)
         if not self.holder:
             return SlotStatus(key, last_run=last)
-        return slot_status(key, self.holder, self.rq_status, self.enqueued_at, self.started_at, self.scheduled_for,
-                           self.follow_up, last)
+        return _slot(key, self.holder, self.rq_status, self.enqueued_at, self.started_at, self.scheduled_for,
+                     self.follow_up, last)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelReply:
     """cancel.lua's answer: the outcome, the job it concerns ('' when free and empty),
     that job's RQ status, and the RQ 3 rate limit key of a cancelled rate-limited job."""
@@ -230,11 +262,11 @@ class CancelReply:
 
     @classmethod
     def decode(cls, raw: Sequence[bytes | str]) -> CancelReply:
-        outcome, job_id, rq_status, rate_limit_key = map(text, raw)
+        outcome, job_id, rq_status, rate_limit_key = _texts(raw)
         return cls(cast(CancelOutcome, outcome), job_id, rq_status, rate_limit_key)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AdoptReply:
     """adopt.lua's answer for one (field, job id) pair; ``holder`` for 'held'."""
 
