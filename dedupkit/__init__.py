@@ -19,7 +19,7 @@ from .errors import (
     ScriptError,
 )
 from .keys import Key, decode_key, encode_key, generate_job_id, parse_job_id
-from .models import Admission, EnqueueRequest, JobState, LastRun, RequeueResult, SlotStatus
+from .models import Admission, EnqueueRequest, JobState, LastRun, OnConflict, RequeueResult, SlotStatus
 from .scheduler import ScheduleEntry, Scheduler, TickResult
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Key",
     "LastRun",
     "NaiveDatetimeError",
+    "OnConflict",
     "RedisRefusedError",
     "RedisUnavailableError",
     "RequeueResult",

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from . import scripts
+from . import operators, protocol, scripts
 from .keys import RateLimitRegistry, encode_key, normalize_key
 from .models import JobState, SlotStatus
 
@@ -57,7 +57,7 @@ def _ids(dedup: Deduplicator) -> Iterator[str]:
     """Every job id on the queue: its list, the ids a worker has just dequeued, the
     scheduled, started, deferred and (RQ 3) ready registries, and (RQ 3) the jobs waiting
     for a rate limit (per limit, across queues)."""
-    yield from dedup._rq_job_ids(PAGE)
+    yield from operators.rq_job_ids(dedup, PAGE)
     if RateLimitRegistry is not None:
         for registry in RateLimitRegistry.all(connection=dedup.connection):
             yield from registry.get_rate_limited_job_ids()
@@ -87,17 +87,15 @@ def scan(dedup: Deduplicator, user_id: object, prefix: str) -> list[LegacyJob]:
 
 def adopt(dedup: Deduplicator, user_id: object, jobs: Sequence[LegacyJob]) -> list[str]:
     """Give the user's slot to the first of ``jobs`` that is still pending, in one adopt.lua
-    call (which takes only a free slot, and only for a pending job). Returns its answers."""
+    call (which takes only a free slot, and only for a pending job). Returns each job's outcome."""
     if not jobs:
         return []
     field = encode_key(user_id)
-    return adopt_pairs(dedup, [part for job in jobs for part in (field, job.job_id)])
+    return [reply.outcome for reply in adopt_pairs(dedup, [part for job in jobs for part in (field, job.job_id)])]
 
 
-def adopt_pairs(dedup: Deduplicator, pairs: Sequence[str]) -> list[str]:
-    """One adopt.lua call over ``field, job id, ...``: 'adopted', 'already', 'held:<id>', 'not_pending'."""
-    k = dedup.keys
-    replies = dedup._scripts.call(scripts.ADOPT, [k.slots, k.gc, k.followups, k.scheduled, k.started,
-                                                  k.intermediate],
-                                  [k.job_prefix, k.executions_prefix, *pairs])
-    return [reply.decode() for reply in replies]
+def adopt_pairs(dedup: Deduplicator, pairs: Sequence[str]) -> list[protocol.AdoptReply]:
+    """One adopt.lua call over ``field, job id, ...``: each pair 'adopted', 'already', 'held' or 'not_pending'."""
+    k, contract = dedup.keys, protocol.ADOPT
+    replies = dedup._scripts.call(contract, contract.key_list(k), contract.arg_list(k, {}, pairs))
+    return [protocol.AdoptReply.decode(reply) for reply in replies]

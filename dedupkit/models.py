@@ -5,15 +5,28 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
-
-from rq.utils import utcparse
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from rq.job import Job
 
     from .keys import Key
+
+
+Reason = Literal["running", "dequeued", "due", "ready", "not_running", "repeating", "coalesced"]
+"""Why a conflict policy could not apply (``Admission.reason``)."""
+Recovered = Literal["gone", "ended", "dead", "lost"]
+"""Why a previous holder was stale when its slot was taken over (``Admission.recovered``)."""
+
+
+class OnConflict(enum.StrEnum):
+    """What an admission does when its key has a pending job (``on_conflict=``); the plain
+    strings ("reject", "replace", "follow_up") are accepted wherever a member is."""
+
+    REJECT = "reject"
+    REPLACE = "replace"
+    FOLLOW_UP = "follow_up"
 
 
 class JobState(enum.StrEnum):
@@ -39,20 +52,6 @@ class JobState(enum.StrEnum):
         return cls(rq_status)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _rq_time(value: bytes | str) -> datetime | None:
-    text = _text(value)
-    return utcparse(text) if text else None
-
-
-def _epoch(value: bytes | str) -> datetime | None:
-    text = _text(value)
-    return datetime.fromtimestamp(float(text), tz=timezone.utc) if text else None
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -70,15 +69,10 @@ class LastRun:
 
     @classmethod
     def parse(cls, raw: bytes | str) -> LastRun | None:
-        text = _text(raw)
-        if not text:
-            return None
-        job_id, status, ended = text.split("|", 2)
-        try:
-            ended_at = _rq_time(ended)
-        except ValueError:
-            ended_at = None
-        return cls(job_id, status, ended_at)
+        """From the scripts' ``"<job id>|<status>|<ended at>"`` (see ``protocol.last_run``)."""
+        from .protocol import last_run
+
+        return last_run(raw)
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "status": self.status, "ended_at": _iso(self.ended_at)}
@@ -125,16 +119,10 @@ class SlotStatus:
     @classmethod
     def from_reply(cls, key: str, job_id: bytes | str, rq_status: bytes | str, enqueued_at: bytes | str,
                    started_at: bytes | str, scheduled_for: bytes | str, follow_up: bytes | str = b"") -> SlotStatus:
-        """Build from the fields the scripts return (see the .lua headers)."""
-        return cls(
-            follow_up_job_id=_text(follow_up) or None,
-            key=key,
-            job_id=_text(job_id),
-            state=JobState.from_rq(_text(rq_status)),
-            scheduled_for=_epoch(scheduled_for),
-            enqueued_at=_rq_time(enqueued_at),
-            started_at=_rq_time(started_at),
-        )
+        """Build from the fields the scripts return (see ``protocol.slot_status``)."""
+        from .protocol import slot_status
+
+        return slot_status(key, job_id, rq_status, enqueued_at, started_at, scheduled_for, follow_up)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: the booleans, job_id, state and ISO-8601 timestamps."""
@@ -189,11 +177,11 @@ class Admission:
     job_id: str | None
     status: SlotStatus
     job: Job | None = None
-    recovered: str | None = None
+    recovered: Recovered | None = None
     error: Exception | None = None
     replaced: str | None = None
     follow_up_of: str | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     replicas: int | None = None
     confirmed: bool | None = None
 
@@ -209,7 +197,8 @@ class EnqueueRequest:
     ``kwargs`` are read as ``rq.Queue.enqueue`` reads them: RQ's options (job_timeout,
     result_ttl, meta, at_front, ...) are taken out, the rest go to ``func``. ``at`` is
     None for an immediate job, a datetime to schedule at, or a timedelta from now.
-    ``on_conflict`` is "reject" (default), "replace" or "follow_up" (see Deduplicator.enqueue).
+    ``on_conflict`` is an ``OnConflict`` or its string: "reject" (default), "replace" or
+    "follow_up" (see Deduplicator.enqueue).
     """
 
     key: Key
@@ -217,7 +206,7 @@ class EnqueueRequest:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     at: datetime | timedelta | None = None
-    on_conflict: str = "reject"
+    on_conflict: OnConflict | str = OnConflict.REJECT
 
 
 @dataclass(frozen=True)

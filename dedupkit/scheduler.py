@@ -24,12 +24,9 @@ another takes over within one interval (at most 2/3 of it, for intervals of 1 s 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -38,7 +35,7 @@ from typing import Any
 
 import redis
 
-from . import scripts
+from .admission import held
 from .deduplicator import Deduplicator
 from .errors import (
     DedupkitError,
@@ -48,7 +45,8 @@ from .errors import (
     RedisUnavailableError,
     ScriptError,
 )
-from .keys import Key, normalize_key, scheduler_lease_key
+from .keys import Key, normalize_key
+from .lease import Lease, scheduler_lease_key
 from .models import Admission, EnqueueRequest
 
 logger = logging.getLogger("dedupkit.scheduler")
@@ -148,12 +146,11 @@ class Scheduler:
         self._lease_ttl = lease_ttl
         self.precheck = precheck
         self.log = log or logger
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self.lease_key = scheduler_lease_key(dedup.namespace, dedup.queue.name, name)
+        self.lease = Lease(dedup.connection, scheduler_lease_key(dedup.namespace, dedup.queue.name, name))
+        self.token = self.lease.token
+        self.lease_key = self.lease.key
         self._stop = threading.Event()
         self._leading = False
-        self._renew = dedup.connection.register_script(scripts.source(scripts.LEASE_RENEW.name))
-        self._release = dedup.connection.register_script(scripts.source(scripts.LEASE_RELEASE.name))
 
     def __repr__(self) -> str:
         return f"Scheduler({self.dedup!r}, interval={self.interval}, name={self.name!r})"
@@ -277,7 +274,7 @@ class Scheduler:
         rest = []
         for i, (request, at) in enumerate(batch):
             if i in pending:
-                self._record(request, at, Admission(False, pending[i].job_id, pending[i]), result)
+                self._record(request, at, held(pending[i]), result)
             else:
                 rest.append((request, at))
         return rest
@@ -324,14 +321,12 @@ class Scheduler:
         way this replica no longer counts itself as leader.
         """
         ttl_ms = int(self.lease_ttl * 1000)
-        conn = self.dedup.connection
         try:
-            with scripts.redis_errors():
-                if self._leading and self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]) == 1:
-                    return True
-                leading = bool(conn.set(self.lease_key, self.token, nx=True, px=ttl_ms))
-                if not leading:  # our own lease from before, e.g. after a Redis hiccup
-                    leading = self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]) == 1
+            if self._leading and self.lease.renew(ttl_ms):
+                return True
+            leading = self.lease.take(ttl_ms)
+            if not leading:  # our own lease from before, e.g. after a Redis hiccup
+                leading = self.lease.renew(ttl_ms)
         except (RedisUnavailableError, redis.exceptions.RedisError):
             self._leading = False
             raise
@@ -347,8 +342,8 @@ class Scheduler:
             return
         self._leading = False
         try:
-            self._release(keys=[self.lease_key], args=[self.token])
-        except redis.exceptions.RedisError as exc:
+            self.lease.release()
+        except (RedisUnavailableError, redis.exceptions.RedisError) as exc:
             self.log.warning("Could not release the scheduler lease (it expires by itself): %s", exc)
 
     def _keep_lease(self) -> bool:

@@ -1,46 +1,24 @@
 """Loading the Lua scripts and calling them with typed errors.
 
 Each script is ``lua/_common.lua`` followed by ``lua/<name>.lua``, registered with
-redis-py's ``register_script``: calls go out as EVALSHA, and a NOSCRIPT answer (after
-``SCRIPT FLUSH`` or a Redis restart) makes redis-py load the script and retry.
+redis-py's ``register_script`` (or redis.asyncio's): calls go out as EVALSHA, and a
+NOSCRIPT answer (after ``SCRIPT FLUSH`` or a Redis restart) makes redis-py load the script
+and retry the EVALSHA. What each script takes and answers is ``protocol``'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, NoReturn
+from typing import Any
 
 import redis
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
 
 from .errors import RedisRefusedError, RedisUnavailableError, ScriptError
-
-
-@dataclass(frozen=True)
-class ScriptSpec:
-    """How Python calls a script: the fixed KEYS/ARGV counts, and whether more follow."""
-
-    name: str
-    keys: int
-    argv: int
-    more_keys: bool = False
-    more_argv: bool = False
-
-
-ADMIT = ScriptSpec("admit.lua", keys=12, argv=10, more_keys=True, more_argv=True)
-STATUS = ScriptSpec("status.lua", keys=6, argv=2, more_argv=True)
-CANCEL = ScriptSpec("cancel.lua", keys=11, argv=7)
-SWEEP = ScriptSpec("sweep.lua", keys=10, argv=4, more_argv=True)
-ADOPT = ScriptSpec("adopt.lua", keys=6, argv=2, more_argv=True)
-SPECS = (ADMIT, STATUS, CANCEL, SWEEP, ADOPT)
-# The scheduler's leader lease; registered by the Scheduler, without _common.lua.
-LEASE_RENEW = ScriptSpec("lease_renew.lua", keys=1, argv=2)
-LEASE_RELEASE = ScriptSpec("lease_release.lua", keys=1, argv=1)
-LEASE_SPECS = (LEASE_RENEW, LEASE_RELEASE)
+from .protocol import LEASE_SCRIPTS, SLOT_SCRIPTS, Contract
 
 
 @cache
@@ -49,30 +27,49 @@ def source(name: str) -> str:
     return (resources.files("dedupkit") / "lua" / name).read_text(encoding="utf-8")
 
 
-def full_source(spec: ScriptSpec) -> str:
-    """The script as sent to Redis: the shared helpers, then the operation."""
-    return source("_common.lua") + "\n" + source(spec.name)
+def full_source(contract: Contract) -> str:
+    """The script as sent to Redis: the shared helpers, then the operation (the lease
+    scripts stand alone)."""
+    if contract in LEASE_SCRIPTS:
+        return source(contract.name)
+    return source("_common.lua") + "\n" + source(contract.name)
+
+
+def _check(contract: Contract, keys: Sequence[str], args: Sequence[Any]) -> None:
+    for what, have, fixed, more in (("KEYS", len(keys), len(contract.keys), contract.more_keys),
+                                    ("ARGV", len(args), len(contract.argv), contract.more_argv)):
+        if have < fixed or (more is None and have != fixed):
+            raise AssertionError(f"{contract.name} takes {fixed} {what}, called with {have}")
+
+
+def _script_error(contract: Contract, exc: redis.exceptions.ResponseError) -> Exception:
+    if refusal(exc) is not None:
+        return exc  # redis_errors turns it into RedisRefusedError
+    return ScriptError(contract.name, exc)
 
 
 class Scripts:
-    """The registered scripts of one Redis connection."""
+    """The registered scripts of one redis-py connection."""
 
-    def __init__(self, connection: redis.Redis) -> None:
+    def __init__(self, connection: redis.Redis, contracts: Sequence[Contract] = SLOT_SCRIPTS) -> None:
         self.connection = connection
         self._scripts: dict[str, Script] = {
-            spec.name: connection.register_script(full_source(spec)) for spec in SPECS
+            contract.name: connection.register_script(full_source(contract)) for contract in contracts
         }
 
-    def call(self, spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script (one EVALSHA; EVAL once more after NOSCRIPT)."""
-        _check_counts(spec, keys, args)
+    def call(self, contract: Contract, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script: one EVALSHA (after NOSCRIPT, redis-py loads it and retries EVALSHA)."""
+        _check(contract, keys, args)
         with redis_errors():
             try:
-                return self._scripts[spec.name](keys=list(keys), args=list(args))
+                return self._scripts[contract.name](keys=list(keys), args=list(args))
             except redis.exceptions.ResponseError as exc:
-                _raise_script_error(spec, exc)
+                error = _script_error(contract, exc)
+                if error is exc:
+                    raise
+                raise error from exc
 
-    def call_and_wait(self, spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any], replicas: int,
+    def call_and_wait(self, contract: Contract, keys: Sequence[str], args: Sequence[Any], replicas: int,
                       timeout_ms: int) -> tuple[Any, int]:
         """Run one script and ``WAIT replicas timeout_ms`` pipelined: one round trip.
 
@@ -81,8 +78,8 @@ class Scripts:
         that covers whatever the script read, too). After NOSCRIPT the script is loaded and
         the pair sent once more.
         """
-        _check_counts(spec, keys, args)
-        script = self._scripts[spec.name]
+        _check(contract, keys, args)
+        script = self._scripts[contract.name]
         with redis_errors():
             for attempt in (1, 2):
                 pipe = self.connection.pipeline(transaction=False)
@@ -92,26 +89,60 @@ class Scripts:
                 if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
                     script.sha = self.connection.script_load(script.script)
                     continue
-                if isinstance(reply, redis.exceptions.ResponseError):
-                    _raise_script_error(spec, reply)
-                for answer in (reply, acked):
-                    if isinstance(answer, Exception):
-                        raise answer
-                return reply, int(acked)
+                return _waited(contract, reply, acked)
         raise AssertionError("unreachable")
 
 
-def _check_counts(spec: ScriptSpec, keys: Sequence[str], args: Sequence[Any]) -> None:
-    for what, have, fixed, more in (("KEYS", len(keys), spec.keys, spec.more_keys),
-                                    ("ARGV", len(args), spec.argv, spec.more_argv)):
-        if have < fixed or (not more and have != fixed):
-            raise AssertionError(f"{spec.name} takes {fixed} {what}, called with {have}")
+class AsyncScripts:
+    """The registered scripts of one redis.asyncio connection; the same calls, awaited."""
+
+    def __init__(self, connection: Any, contracts: Sequence[Contract] = SLOT_SCRIPTS) -> None:
+        self.connection = connection
+        self._scripts: dict[str, AsyncScript] = {
+            contract.name: connection.register_script(full_source(contract)) for contract in contracts
+        }
+
+    async def call(self, contract: Contract, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script: one EVALSHA (after NOSCRIPT, redis-py loads it and retries EVALSHA)."""
+        _check(contract, keys, args)
+        with redis_errors():
+            try:
+                return await self._scripts[contract.name](keys=list(keys), args=list(args))
+            except redis.exceptions.ResponseError as exc:
+                error = _script_error(contract, exc)
+                if error is exc:
+                    raise
+                raise error from exc
+
+    async def call_and_wait(self, contract: Contract, keys: Sequence[str], args: Sequence[Any], replicas: int,
+                            timeout_ms: int) -> tuple[Any, int]:
+        """``Scripts.call_and_wait``, awaited: the script and ``WAIT`` in one round trip."""
+        _check(contract, keys, args)
+        script = self._scripts[contract.name]
+        with redis_errors():
+            for attempt in (1, 2):
+                pipe = self.connection.pipeline(transaction=False)
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.wait(replicas, timeout_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 1:
+                    script.sha = await self.connection.script_load(script.script)
+                    continue
+                return _waited(contract, reply, acked)
+        raise AssertionError("unreachable")
 
 
-def _raise_script_error(spec: ScriptSpec, exc: redis.exceptions.ResponseError) -> NoReturn:
-    if refusal(exc) is not None:
-        raise exc  # redis_errors turns it into RedisRefusedError
-    raise ScriptError(spec.name, exc) from exc
+def _waited(contract: Contract, reply: Any, acked: Any) -> tuple[Any, int]:
+    """A pipelined script + WAIT answer: the script's reply and the replica count, or its error."""
+    if isinstance(reply, redis.exceptions.ResponseError):
+        error = _script_error(contract, reply)
+        if error is reply:
+            raise reply  # a refusal: redis_errors turns it into RedisRefusedError
+        raise error from reply
+    for answer in (reply, acked):
+        if isinstance(answer, Exception):
+            raise answer
+    return reply, int(acked)
 
 
 # Error codes with which a server refuses a command because of its own state (role,

@@ -27,5 +27,10 @@ def eviction_policy(connection: redis.Redis) -> str | None:
     except redis.exceptions.ResponseError as exc:  # no INFO here (fakeredis), or not allowed
         logger.debug("INFO memory failed: %s", exc)
         return None
+    return policy_of(info)
+
+
+def policy_of(info: object) -> str | None:
+    """``maxmemory-policy`` from a parsed ``INFO memory`` reply, None if absent."""
     policy = info.get("maxmemory_policy") if isinstance(info, dict) else None
     return str(policy) if policy is not None else None

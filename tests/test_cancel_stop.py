@@ -10,7 +10,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-import dedupkit.deduplicator as deduplicator_module
+import dedupkit.core as deduplicator_module
 from dedupkit import Deduplicator
 
 from . import rqstate

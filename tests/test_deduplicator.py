@@ -10,7 +10,7 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-import dedupkit.deduplicator as dd
+import dedupkit.admission as dd
 from dedupkit import (
     Deduplicator,
     EnqueueRequest,

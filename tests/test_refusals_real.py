@@ -195,7 +195,7 @@ def test_a_script_error_of_the_whole_call_aborts_the_tick(own: redis.Redis, monk
         calls.append(1)
         raise ScriptError("admit.lua", RuntimeError("ERR something broke the whole script"))
 
-    monkeypatch.setattr(dedup, "_admit", broken)
+    monkeypatch.setattr(dedup, "_admit_flow", broken)
     result = Scheduler(dedup, lambda: fresh_entries(50), interval=60, leader_lease=False).tick()
     assert result.aborted == "script failed" and result.errors == 0
     assert calls == [1]  # not once more per key

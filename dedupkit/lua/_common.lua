@@ -1,14 +1,19 @@
--- _common.lua: helpers shared by every dedupkit script; Python prepends this file to
--- admit.lua, status.lua, cancel.lua, sweep.lua and adopt.lua when it loads them. It
--- reads no KEYS or ARGV: each script passes its keys in a table K = {slots, followups, last, queue, scheduled,
--- started, deferred, canceled, job_prefix, exec_prefix, dependents, rate_limited} (entries a
--- script does not need are nil; 'dependents' is RQ's string.format template of a job's
--- dependents set, 'rate_limited' RQ 3's template of a rate limit's waiting zset, '' on RQ 2;
--- 'last' is the hash of each key's last run, "<job id>|<final status>|<ended at>").
+-- _common.lua: helpers shared by the slot scripts; Python prepends this file to admit.lua,
+-- status.lua, cancel.lua, sweep.lua and adopt.lua when it loads them (the lease scripts
+-- stand alone). It reads no KEYS or ARGV: each script passes its keys in a table
+-- K = {slots, followups, last, queue, scheduled, started, deferred, canceled, intermediate,
+-- job_prefix, exec_prefix, dependents, rate_limited} (entries a script does not need are
+-- nil; 'dependents' is RQ's string.format template of a job's dependents set,
+-- 'rate_limited' RQ 3's template of a rate limit's waiting zset, '' on RQ 2; 'last' is the
+-- hash of each key's last run, "<job id>|<final status>|<ended at>").
 --
--- dk_now()        Redis server time, epoch seconds (float). The scripts trust this clock
---                 for every lease and due time: one clock for every client.
+-- dk_now()        Redis server time, epoch seconds (float). Every lease, due time and
+--                 gc age is judged by this clock, one for every client. (The RQ-format
+--                 times written into job hashes, now_text, come from the caller, as RQ's
+--                 own enqueued_at does.)
 -- dk_lease(K, job_id, now, wip_only) -> 'live' | 'expired' | nil   the job's RQ execution leases
+-- dk_lost(mark, enqueued_at, now) -> bool   a queued job marked adrift (see DK_ADRIFT) is lost
+-- dk_unsettled(K, job_id, lease, retries_left) -> bool   RQ's maintenance still owes it a retry
 -- dk_pending(K, job_id, now)     THE rule for "pending", used by every script:
 --   -> {state, enqueued_at, started_at, scheduled_for}  the job holds its key; state is
 --      'queued', 'scheduled', 'deferred', 'started' (running, or RQ must still settle it),
@@ -17,13 +22,17 @@
 --      hash, or an orphan 'scheduled'), 'ended' (a final status), 'dead' (started, every
 --      lease expired, no retries left) or 'lost' (popped by a worker that died before
 --      starting it: see dk_lost)
--- dk_resolve(K, field, now, write, now_text)
+-- dk_release(K, job_id, parent_id, enqueued_at)
+--   enqueue a waiting follow-up as RQ does a deferred job whose parent ended
+-- dk_remember(K, field, job_id, reason, now_text)
+--   record a holder that is over as the key's last run (status 'dead', 'gone' or 'lost'
+--   when that is why; else RQ's status; ended at: RQ's ended_at, else now_text)
+-- dk_resolve(K, field, now, write, enqueued_at)
 --   -> holder_id, info, reason, follow_id   the slot's pending job (info nil when free),
 --      and a waiting follow-up. When the holder is over, its follow-up becomes the holder
---      (written only when write is true), pending or, if it has run too, as the last run.
--- dk_remember(K, field, job_id, reason, now_text)
---   record a holder that is over as the key's last run (status 'dead' when its worker
---   died, 'gone' when its hash vanished; ended at: RQ's ended_at, else now_text)
+--      (written only when write is true; released with enqueued_at if it still waits),
+--      pending or, if it has run too, as the last run.
+-- dk_adrift(K, job_id, info, now, margin)   mark a queued job found in no list (dk_lost)
 -- dk_withdraw(K, job_id, info, now, due_margin)
 --   -> 'cancelled' | 'running' | 'dequeued' | 'due' | 'ready'   take a pending job out of
 --      RQ as RQ's Job.cancel does (status 'canceled', canceled registry), when that is safe;

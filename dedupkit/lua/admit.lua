@@ -26,36 +26,36 @@
 -- KEYS[8]  started zset     rq:wip:<q>, member <job_id>:<exec_id>, score = lease end (epoch s)
 -- KEYS[9]  deferred zset    rq:deferred:<q>
 -- KEYS[10] canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
--- KEYS[11] last-run hash    <ns>:last:<q>, field = encoded key, value = "<job id>|<status>|<ended at>"
+-- KEYS[11] last hash        <ns>:last:<q>, field = encoded key, value = "<job id>|<status>|<ended at>"
 -- KEYS[12] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
 -- KEYS[13..] job hash       rq:job:<new job id>, one per request, in request order
--- ARGV[1]  job key prefix   "rq:job:" (for holders' ids, which Python cannot know)
--- ARGV[2]  executions prefix "rq:executions:"
+-- ARGV[1]  job_prefix       "rq:job:" (for holders' ids, which Python cannot know)
+-- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3]  n                number of requests (= #KEYS - 12)
--- ARGV[4]  gc budget        slots to check per request (of the least recently checked;
+-- ARGV[4]  gc_budget        slots to check per request (of the least recently checked;
 --                           at most 100 a call, or the budget itself if larger; >= 0)
--- ARGV[5]  gc min age       seconds a slot must be unchecked before gc looks at it
--- ARGV[6]  due margin       seconds; a scheduled holder due before now + margin is kept
--- ARGV[7]  now text         RQ-format UTC time, written as enqueued_at of a released follow-up
--- ARGV[8]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
--- ARGV[9]  dependencies tpl RQ's key of a job's dependencies set, "rq:job::%s:dependencies"
--- ARGV[10] rate-limited tpl RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited";
+-- ARGV[5]  gc_min_age       seconds a slot must be unchecked before gc looks at it
+-- ARGV[6]  due_margin       seconds; a scheduled holder due before now + margin is kept
+-- ARGV[7]  now_text         RQ-format UTC time, written as enqueued_at of a released follow-up
+-- ARGV[8]  dependents_template  RQ's key of a job's dependents set, "rq:job:%s:dependents"
+-- ARGV[9]  dependencies_template RQ's key of a job's dependencies set, "rq:job::%s:dependencies"
+-- ARGV[10] rate_limited_template RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited";
 --                           '' on RQ 2 (for withdrawing a 'rate_limited' holder)
--- ARGV[11..] per request, in order:
+-- ARGV[11..] requests, per request, in order:
 --          field            encoded dedup key
---          job id           the new job's id
+--          job_id           the new job's id
 --          mode             'back' (RPUSH), 'front' (LPUSH), 'schedule' (ZADD KEYS[7]) or (RQ 3)
 --                           'rate_limit' (ZADD the waiting zset of the job's rate_limit_key;
 --                           Python then runs RQ's acquire script, which queues it)
---          run at           epoch seconds for 'schedule', '' otherwise
---          job ttl          seconds the job hash may live before it runs, 0 = no expiry
+--          run_at           epoch seconds for 'schedule', '' otherwise
+--          job_ttl          seconds the job hash may live before it runs, 0 = no expiry
 --          policy           'reject', 'replace' or 'follow_up'
 --          nfields          number of job hash field/value pairs that follow
 --          field, value...  2 * nfields strings, the RQ job hash (status already set)
 -- Reply: one array per request (10 fields; the 10th, last_run, is the key's last-run record
 --   "<job id>|<final status>|<ended at>" or '' after the decision, as status.lua reads it):
 --   {'admitted', job_id, rq_status, enqueued_at, started_at, scheduled_for, recovered, note, replaced_rl, last_run}
---     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead');
+--     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead'|'lost');
 --     replaced_rl = the replaced job's RQ 3 rate limit key, '' if none (Python then runs
 --     RQ's RateLimitRegistry.cancel for it, as RQ's Job.cancel does);
 --     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>' | 'replayed'
@@ -91,18 +91,9 @@ local function count(name)
   counts[name] = (counts[name] or 0) + 1
 end
 
--- One request; returns its reply. Runs under pcall: a request that meets damaged data
--- (say a key of the wrong type) answers 'error' and the others in the batch go on.
-local function decide(i, pos, last)
-  local field, job_id, mode, run_at = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
-  local job_ttl, policy = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
-  local first = pos + 7
-  local job_key = KEYS[FIXED_KEYS + i]
-
-  local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
-
-  -- A replayed call (redis-py resends a command whose reply was lost): this very job was
-  -- admitted by the first run. Answer that, and change nothing.
+-- A replayed call (redis-py resends a command whose reply was lost): this very job was
+-- admitted by the first run. Answer that, and change nothing. nil when it is no replay.
+local function replay(job_id, job_key, field, holder, info, follow)
   if holder == job_id or follow == job_id or (redis.call('EXISTS', job_key) == 1 and
       string.sub(redis.call('HGET', K.last, field) or '', 1, #job_id + 1) == job_id .. '|') then
     count('replayed')
@@ -112,12 +103,14 @@ local function decide(i, pos, last)
     end
     return { 'admitted', job_id, '', '', '', '', '', 'replayed', '' }
   end
-  -- Before anything is withdrawn: an existing hash is never written over.
-  if redis.call('EXISTS', job_key) == 1 then
-    count('collision')
-    return { 'collision', job_id, '', '', '', '', '', '', '' }
-  end
+  return nil
+end
 
+-- The request's policy against the slot's pending holder (info nil: the key is free).
+-- Returns whether to admit, the reply's note, the running holder a follow-up waits for,
+-- the replaced job's RQ 3 rate limit key, and the holder and info to answer with (a
+-- coalesced request answers with the waiting follow-up).
+local function apply_policy(policy, field, holder, info, follow)
   local admit, note, parent, replaced_rl = (info == nil), '', nil, ''
   if info and policy == 'replace' then
     local outcome = dk_withdraw(K, holder, info, now, due_margin)
@@ -148,64 +141,113 @@ local function decide(i, pos, last)
       admit, note, parent = true, 'follow_up:' .. holder, holder
     end
   end
+  return admit, note, parent, replaced_rl, holder, info
+end
 
+-- Write the prepared RQ job hash (an existing one was refused before) and register the
+-- queue. Returns the status and enqueued_at it carries, and its RQ 3 rate limit key.
+local function write_job(job_key, job_ttl, mode, first, last)
+  local status, enqueued_at, rl_key = '', '', nil
+  for j = first, last, 2 do
+    if ARGV[j] == 'status' then status = ARGV[j + 1] end
+    if ARGV[j] == 'enqueued_at' then enqueued_at = ARGV[j + 1] end
+    if ARGV[j] == 'rate_limit_key' then rl_key = ARGV[j + 1] end
+  end
+  if mode == 'rate_limit' and (not rl_key or K.rate_limited == '') then
+    error('admit.lua: rate_limit mode without a rate_limit_key or RQ 3 template')
+  end
+  redis.call('HSET', job_key, unpack(ARGV, first, last))
+  if job_ttl > 0 then
+    redis.call('EXPIRE', job_key, job_ttl)
+  end
+  redis.call('SADD', queues_key, K.queue)
+  return status, enqueued_at, rl_key
+end
+
+-- What RQ's Queue.enqueue does for depends_on=Dependency([parent], allow_failure=True)
+-- when the parent has not finished: deferred, registered as the parent's dependent. The
+-- slot stays with the parent; the followups hash names this job. Returns the new job's
+-- status, enqueued_at and scheduled_for.
+local function defer(job_key, job_id, field, parent)
+  local status, enqueued_at
+  status, enqueued_at = 'deferred', ''
+  redis.call('HSET', job_key, 'status', status, 'dependency_id', parent,
+    'dependency_ids', '["' .. parent .. '"]', 'allow_dependency_failures', '1')
+  redis.call('HDEL', job_key, 'enqueued_at')
+  redis.call('ZADD', K.deferred, now, job_id)
+  redis.call('SADD', string.format(K.dependents, parent), job_id)
+  redis.call('SADD', string.format(dependencies_tpl, job_id), parent)
+  redis.call('HSET', K.followups, field, job_id)
+  count('follow_up')
+  return status, enqueued_at, ''
+end
+
+-- Put the new job where RQ takes it from (scheduled registry, rate limit zset or queue),
+-- record a stale predecessor as the key's last run, and point the slot at the new job.
+-- Returns its scheduled_for.
+local function place(mode, job_id, run_at, rl_key, field, holder, reason)
+  local scheduled_for = ''
+  if mode == 'schedule' then
+    redis.call('ZADD', K.scheduled, run_at, job_id)
+    scheduled_for = run_at
+  elseif mode == 'rate_limit' then
+    -- RQ 3's Queue._enqueue_rate_limited_job: wait in the limit's zset, scored by now.
+    redis.call('ZADD', string.format(K.rate_limited, rl_key), now, job_id)
+  elseif mode == 'front' then
+    redis.call('LPUSH', K.queue, job_id)
+  else
+    redis.call('RPUSH', K.queue, job_id)
+  end
+  if holder and reason == 'dead' then
+    count('dead')
+  end
+  if holder and reason then
+    count('recovered')
+    dk_remember(K, field, holder, reason, now_text)
+  end
+  redis.call('HSET', K.slots, field, job_id)
+  return scheduled_for
+end
+
+-- One request; returns its reply. Runs under pcall: a request that meets damaged data
+-- (say a key of the wrong type) answers 'error' and the others in the batch go on.
+-- Steps: find the holder, answer a replay, refuse a collision, apply the policy, then
+-- either answer the conflict or write the job and take the slot (or wait behind it).
+local function decide(i, pos, last)
+  local field, job_id, mode, run_at = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
+  local job_ttl, policy = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
+  local first = pos + 7
+  local job_key = KEYS[FIXED_KEYS + i]
+
+  local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
+  local replayed = replay(job_id, job_key, field, holder, info, follow)
+  if replayed then
+    return replayed
+  end
+  -- Before anything is withdrawn: an existing hash is never written over.
+  if redis.call('EXISTS', job_key) == 1 then
+    count('collision')
+    return { 'collision', job_id, '', '', '', '', '', '', '' }
+  end
+
+  local admit, note, parent, replaced_rl
+  admit, note, parent, replaced_rl, holder, info = apply_policy(policy, field, holder, info, follow)
   if not admit then
     count('conflict')
     local waiting = (note ~= 'coalesced' and follow) or ''
     return { 'conflict', holder, info[1], info[2], info[3], info[4], '', note, waiting }
-  else
-    local status, enqueued_at, rl_key = '', '', nil
-    for j = first, last, 2 do
-      if ARGV[j] == 'status' then status = ARGV[j + 1] end
-      if ARGV[j] == 'enqueued_at' then enqueued_at = ARGV[j + 1] end
-      if ARGV[j] == 'rate_limit_key' then rl_key = ARGV[j + 1] end
-    end
-    if mode == 'rate_limit' and (not rl_key or K.rate_limited == '') then
-      error('admit.lua: rate_limit mode without a rate_limit_key or RQ 3 template')
-    end
-    redis.call('HSET', job_key, unpack(ARGV, first, last))
-    if job_ttl > 0 then
-      redis.call('EXPIRE', job_key, job_ttl)
-    end
-    redis.call('SADD', queues_key, K.queue)
-    local scheduled_for = ''
-    if parent then
-      -- What RQ's Queue.enqueue does for depends_on=Dependency([parent], allow_failure=True)
-      -- when the parent has not finished: deferred, registered as the parent's dependent.
-      status, enqueued_at = 'deferred', ''
-      redis.call('HSET', job_key, 'status', status, 'dependency_id', parent,
-        'dependency_ids', '["' .. parent .. '"]', 'allow_dependency_failures', '1')
-      redis.call('HDEL', job_key, 'enqueued_at')
-      redis.call('ZADD', K.deferred, now, job_id)
-      redis.call('SADD', string.format(K.dependents, parent), job_id)
-      redis.call('SADD', string.format(dependencies_tpl, job_id), parent)
-      redis.call('HSET', K.followups, field, job_id)
-      count('follow_up')
-    else
-      if mode == 'schedule' then
-        redis.call('ZADD', K.scheduled, run_at, job_id)
-        scheduled_for = run_at
-      elseif mode == 'rate_limit' then
-        -- RQ 3's Queue._enqueue_rate_limited_job: wait in the limit's zset, scored by now.
-        redis.call('ZADD', string.format(K.rate_limited, rl_key), now, job_id)
-      elseif mode == 'front' then
-        redis.call('LPUSH', K.queue, job_id)
-      else
-        redis.call('RPUSH', K.queue, job_id)
-      end
-      if holder and reason == 'dead' then
-        count('dead')
-      end
-      if holder and reason then
-        count('recovered')
-        dk_remember(K, field, holder, reason, now_text)
-      end
-      redis.call('HSET', K.slots, field, job_id)
-    end
-    redis.call('ZADD', gc_key, now, field)
-    count('admitted')
-    return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, replaced_rl }
   end
+
+  local status, enqueued_at, rl_key = write_job(job_key, job_ttl, mode, first, last)
+  local scheduled_for
+  if parent then
+    status, enqueued_at, scheduled_for = defer(job_key, job_id, field, parent)
+  else
+    scheduled_for = place(mode, job_id, run_at, rl_key, field, holder, reason)
+  end
+  redis.call('ZADD', gc_key, now, field)
+  count('admitted')
+  return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, replaced_rl }
 end
 
 local pos = FIRST_REQUEST

@@ -8,8 +8,8 @@
 -- KEYS[4]  scheduled zset   rq:scheduled:<q>
 -- KEYS[5]  started zset     rq:wip:<q>
 -- KEYS[6]  intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
--- ARGV[1]  job key prefix   "rq:job:"
--- ARGV[2]  executions prefix "rq:executions:"
+-- ARGV[1]  job_prefix       "rq:job:"
+-- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3..] pairs           field (encoded dedup key), job id; repeated
 -- Reply: one string per pair: 'adopted', 'already' (the slot names this job),
 --        'held:<holder id>' (another pending job holds the slot), 'not_pending'

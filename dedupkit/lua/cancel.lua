@@ -21,15 +21,15 @@
 -- KEYS[7]  started zset     rq:wip:<q>
 -- KEYS[8]  deferred zset    rq:deferred:<q>
 -- KEYS[9]  canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
--- KEYS[10] last-run hash    <ns>:last:<q>
+-- KEYS[10] last hash        <ns>:last:<q>
 -- KEYS[11] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
--- ARGV[1]  job key prefix   "rq:job:"
--- ARGV[2]  executions prefix "rq:executions:"
+-- ARGV[1]  job_prefix       "rq:job:"
+-- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3]  field            encoded dedup key
--- ARGV[4]  due margin       seconds; a scheduled job due before now + margin is kept
--- ARGV[5]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
--- ARGV[6]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
--- ARGV[7]  rate-limited tpl RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited"; '' on RQ 2
+-- ARGV[4]  due_margin       seconds; a scheduled job due before now + margin is kept
+-- ARGV[5]  now_text         RQ-format UTC time, enqueued_at of a follow-up released here
+-- ARGV[6]  dependents_template  RQ's key of a job's dependents set, "rq:job:%s:dependents"
+-- ARGV[7]  rate_limited_template RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited"; '' on RQ 2
 --   ready    - (RQ 3) status 'ready_to_enqueue': RQ is moving it from rq:ready:<q> onto the
 --              queue right now (a follow-up whose holder ended); it runs
 -- A rate-limited job (RQ 3, status 'rate_limited') is withdrawn as RQ's Job.cancel does:

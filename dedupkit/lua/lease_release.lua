@@ -1,6 +1,6 @@
 -- lease_release.lua: give the scheduler's leader lease up, only if this replica holds it.
 --
--- KEYS[1]  lease key        <ns>:scheduler:<q>:<name>:leader, value = the holder's token
+-- KEYS[1]  lease            <ns>:scheduler:<q>:<name>:leader, value = the holder's token
 -- ARGV[1]  token            this replica's token
 -- Reply: 1 released, 0 not ours
 

@@ -5,10 +5,10 @@
 -- KEYS[2]  followups hash   <ns>:followups:<q>
 -- KEYS[3]  scheduled zset   rq:scheduled:<q>
 -- KEYS[4]  started zset     rq:wip:<q>
--- KEYS[5]  last-run hash    <ns>:last:<q>
+-- KEYS[5]  last hash        <ns>:last:<q>
 -- KEYS[6]  intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
--- ARGV[1]  job key prefix   "rq:job:"
--- ARGV[2]  executions prefix "rq:executions:"
+-- ARGV[1]  job_prefix       "rq:job:"
+-- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3..] fields          encoded dedup keys, at least one
 -- Reply: one entry per field, in order:
 --        {holder_id, rq_status, enqueued_at, started_at, scheduled_for, follow_up_id, last}

@@ -10,13 +10,13 @@
 -- KEYS[6]  scheduled zset   rq:scheduled:<q>
 -- KEYS[7]  started zset     rq:wip:<q>
 -- KEYS[8]  deferred zset    rq:deferred:<q>
--- KEYS[9]  last-run hash    <ns>:last:<q>
+-- KEYS[9]  last hash        <ns>:last:<q>
 -- KEYS[10] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
--- ARGV[1]  job key prefix   "rq:job:"
--- ARGV[2]  executions prefix "rq:executions:"
--- ARGV[3]  now text         RQ-format UTC time, enqueued_at of a follow-up released here
--- ARGV[4]  dependents tpl   RQ's key of a job's dependents set, "rq:job:%s:dependents"
--- ARGV[5..] field           encoded dedup keys to check
+-- ARGV[1]  job_prefix       "rq:job:"
+-- ARGV[2]  executions_prefix "rq:executions:"
+-- ARGV[3]  now_text         RQ-format UTC time, enqueued_at of a follow-up released here
+-- ARGV[4]  dependents_template  RQ's key of a job's dependents set, "rq:job:%s:dependents"
+-- ARGV[5..] fields          encoded dedup keys to check
 -- Reply: the number of slots deleted
 
 local K = {
