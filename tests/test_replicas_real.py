@@ -113,3 +113,31 @@ def test_a_stopped_replica_leaves_admissions_unconfirmed(pair: tuple[RedisServer
 def test_bad_replica_settings_are_refused(primary_conn: redis.Redis, bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequestError):
         Deduplicator(Queue("acked", connection=primary_conn), **bad)
+
+
+def test_async_deduplicator_waits_for_replicas_in_the_same_call(primary_conn: redis.Redis,
+                                                                 pair: tuple[RedisServer, RedisServer]) -> None:
+    """AsyncDeduplicator runs the same admission flow: script + WAIT pipelined, the same answers."""
+    import asyncio
+
+    import redis.asyncio
+
+    from dedupkit.asyncio import AsyncDeduplicator
+
+    async def scenario() -> list[tuple[bool, bool | None, int | None]]:
+        aconn = redis.asyncio.Redis.from_url(pair[0].url, socket_timeout=10)
+        try:
+            queue = Queue("acked", connection=primary_conn)
+            two = AsyncDeduplicator(queue, connection=aconn, min_replicas=2, replica_timeout=0.2)
+            one = AsyncDeduplicator(queue, connection=aconn, min_replicas=1, replica_timeout=2)
+            answers = []
+            for dedup, key in ((one, "warm"), (one, "alice"), (one, "alice"), (two, "bob")):
+                adm = await dedup.enqueue(key, "tests.tasks.work")
+                answers.append((adm.admitted, adm.confirmed, adm.replicas))
+            return answers
+        finally:
+            await aconn.aclose()
+
+    # NOSCRIPT path first (the fixture flushed the scripts), then a confirmed admission, a
+    # confirmed conflict, and with 2 replicas asked of 1: admitted but not confirmed.
+    assert asyncio.run(scenario()) == [(True, True, 1), (True, True, 1), (False, True, 1), (True, False, 1)]
