@@ -49,6 +49,7 @@ LIST = ROOT / LUA_DIR / "mutants.toml"
 PHASES = (("fake", ["-k", "not real"]), ("real", ["-k", "real"]))
 PHASE_TIMEOUT = 600  # s; a mutant that makes a phase hang this long counts as killed ("timeout")
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
+_running: set[subprocess.Popen[bytes]] = set()  # pytest runs in flight, stopped if we are
 
 
 class MutantListError(Exception):
@@ -142,12 +143,14 @@ def run_phase(copy: Path, args: Sequence[str], files: Sequence[str], extra: Sequ
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q", "-rfE", *args, *extra, *files]
     proc = subprocess.Popen(cmd, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    _running.add(proc)
     try:
         out, _ = proc.communicate(timeout=PHASE_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # our own pytest and what it started
-        proc.communicate()
+        _stop(proc)
         return True, f"timeout after {PHASE_TIMEOUT}s"
+    finally:
+        _running.discard(proc)
     text = out.decode(errors="replace")
     if proc.returncode in (0, 5):  # passed, or nothing selected
         return False, ""
@@ -155,6 +158,15 @@ def run_phase(copy: Path, args: Sequence[str], files: Sequence[str], extra: Sequ
         hit = FAILED.search(text)
         return True, hit.group(1) if hit else "a failing test"
     raise RuntimeError(f"pytest exited {proc.returncode} in {copy}:\n{text[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL one pytest run we started and its process group (its redis-server, workers)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
 
 
 def apply(copy: Path, m: Mutant) -> str:
@@ -215,11 +227,14 @@ def run_all(lst: MutantList, mutants: list[Mutant], jobs: int, run_equivalent: b
         print(f"  {m.id}: {r.outcome} {r.by} [{r.seconds:.0f}s]", file=sys.stderr, flush=True)
         return r
 
+    pool = ThreadPoolExecutor(max_workers=len(copies))
     try:
-        with ThreadPoolExecutor(max_workers=len(copies)) as pool:
-            for r in pool.map(one, todo):
-                results[r.mutant.id] = r
+        for r in pool.map(one, todo):
+            results[r.mutant.id] = r
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(_running):
+            _stop(proc)
         for c in copies:
             shutil.rmtree(c, ignore_errors=True)
     return [results[m.id] for m in mutants]
@@ -276,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=0, help="instead: the model's kill rate over N seeds")
     p.add_argument("--model", default="tests/test_model.py::TestModelFakeredis", help="the model test for --seeds")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the copies on a plain kill too
     try:
         lst = load(a.list)
     except MutantListError as exc:
