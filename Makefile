@@ -74,7 +74,7 @@ mutate: install system-deps
 # The hypothesis model alone against the state-machine mutants (tag "model"), per seed.
 SEEDS ?= 10
 mutate-seeds: install
-	$(PY) -m tests.mutate --tag model --seeds $(SEEDS) $(MUTATE_ARGS)
+	$(PY) -m tests.mutate --tag model --seeds $(SEEDS) --jobs $(MUTATE_JOBS) $(MUTATE_ARGS)
 
 demo: $(VENV)/.demo-installed
 	$(PY) -m examples.flask_app.demo
