@@ -17,7 +17,7 @@ from fakeredis.commands_mixins import server_mixin
 from rq import Queue
 from rq.job import Job
 
-from dedupkit import Deduplicator, JobState
+from dedupkit import Deduplicator, EnqueueRequest, JobState
 
 from . import rqstate
 
@@ -81,3 +81,205 @@ def test_a_popped_job_is_lost_exactly_at_its_mark(clock: Clock, fqueue: Queue) -
     assert nxt.admitted and nxt.recovered == "lost"
     assert dedup.status("u").last_run.status == "lost"  # type: ignore[union-attr]
     assert dedup.status("u").last_run.job_id == adm.job_id  # type: ignore[union-attr]
+
+
+# -- last-run bookkeeping -----------------------------------------------------------------
+
+
+def _last(dedup: Deduplicator, key: str = "u") -> tuple[str, str, datetime | None]:
+    last = dedup.status(key).last_run
+    assert last is not None
+    return last.job_id, last.status, last.ended_at
+
+
+def test_a_dead_holder_taken_over_is_recorded_dead_at_the_takeover(dedup: Deduplicator, queue: Queue) -> None:
+    adm = dedup.enqueue("u", TASK, "x")
+    execution = rqstate.start(queue.connection, queue, adm.job_id)
+    rqstate.heartbeat(queue.connection, queue, execution, lease=-1)
+    before = datetime.now(timezone.utc)
+    nxt = dedup.enqueue("u", TASK, "x")
+    assert nxt.recovered == "dead"
+    job_id, status, ended = _last(dedup)
+    assert (job_id, status) == (adm.job_id, "dead")
+    assert ended is not None and abs(ended - before).total_seconds() < 60
+    assert dedup.stats()["dead"] == 1 and dedup.stats()["recovered"] == 1
+
+
+def test_the_last_run_keeps_rqs_own_ended_at(dedup: Deduplicator, queue: Queue) -> None:
+    adm = dedup.enqueue("u", TASK, "x")
+    rqstate.run_all(queue)
+    ended = Job.fetch(adm.job_id, connection=queue.connection).ended_at
+    queue.connection.hset(f"rq:job:{adm.job_id}", "ended_at", "2001-02-03T04:05:06.000007Z")
+    dedup.enqueue("u", TASK, "x")
+    assert ended is not None
+    assert _last(dedup) == (adm.job_id, "finished", datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone.utc))
+
+
+def _finish(queue: Queue, job_id: str, execution: object) -> None:
+    """What RQ's worker does when a job succeeds: finished, execution gone, dependents enqueued."""
+    from rq.job import JobStatus
+
+    conn = queue.connection
+    job = Job.fetch(job_id, connection=conn)
+    with conn.pipeline() as pipe:
+        job.set_status(JobStatus.FINISHED, pipeline=pipe)
+        execution.delete(job, pipe)  # type: ignore[attr-defined]
+        pipe.execute()
+    queue.enqueue_dependents(job)
+
+
+def test_a_holder_handed_to_its_follow_up_is_the_last_run(dedup: Deduplicator, queue: Queue) -> None:
+    first = dedup.enqueue("u", TASK, "x")
+    execution = rqstate.start(queue.connection, queue, first.job_id)
+    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up")
+    _finish(queue, first.job_id, execution)
+    answer = dedup.enqueue("u", TASK, "x")  # a conflict with the follow-up, which now holds the slot
+    assert answer.conflict and answer.job_id == follow.job_id
+    assert _last(dedup)[:2] == (first.job_id, "finished")
+    assert queue.connection.hget(dedup.keys.slots, _field("u")) == follow.job_id.encode()
+    assert not queue.connection.hexists(dedup.keys.followups, _field("u"))
+    assert dedup.status("u").job_id == follow.job_id and dedup.status("u").follow_up_job_id is None
+
+
+def _field(key: str) -> str:
+    from dedupkit.keys import encode_key
+
+    return encode_key(key)
+
+
+# -- follow-ups: RQ's registries after a cancel and after a release ------------------------
+
+
+def _dependents(queue: Queue, job_id: str) -> set[bytes]:
+    return queue.connection.smembers(Job(job_id, connection=queue.connection).dependents_key)
+
+
+def test_a_cancelled_follow_up_leaves_every_rq_registry(dedup: Deduplicator, queue: Queue) -> None:
+    conn = queue.connection
+    first = dedup.enqueue("u", TASK, "x")
+    rqstate.start(conn, queue, first.job_id)
+    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up")
+    assert follow.follow_up_of == first.job_id
+    job = Job.fetch(follow.job_id, connection=conn)
+    assert job.enqueued_at is None and job.dependency_ids == [first.job_id]  # as RQ defers a job
+    assert job.allow_dependency_failures
+    assert conn.smembers(job.dependencies_key) == {first.job_id.encode()}
+    assert _dependents(queue, first.job_id) == {follow.job_id.encode()}
+    assert dedup.cancel("u")
+    assert conn.zscore(queue.deferred_job_registry.key, follow.job_id) is None
+    assert _dependents(queue, first.job_id) == set()
+    assert conn.zscore(queue.canceled_job_registry.key, follow.job_id) is not None
+    assert not conn.hexists(dedup.keys.followups, _field("u"))
+    assert dedup.stats()["cancelled"] == 1
+    assert dedup.status("u").job_id == first.job_id and dedup.status("u").follow_up_job_id is None
+
+
+@pytest.mark.parametrize("at_front", [False, True])
+@pytest.mark.parametrize("how", ["admit", "sweep", "cancel"])
+def test_a_dead_holders_follow_up_is_released_as_rq_enqueues_a_dependent(dedup: Deduplicator, queue: Queue,
+                                                                          at_front: bool, how: str) -> None:
+    conn = queue.connection
+    first = dedup.enqueue("u", TASK, "x")
+    execution = rqstate.start(conn, queue, first.job_id)
+    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up")
+    if at_front:  # what RQ writes for Dependency(enqueue_at_front=True); dedupkit's at_front= sets none here
+        conn.hset(f"rq:job:{follow.job_id}", "enqueue_at_front", "1")
+    other = dedup.enqueue("other", TASK, "x")  # already waiting in the queue
+    rqstate.heartbeat(conn, queue, execution, lease=-1)  # the holder's worker died
+    if how == "admit":
+        answer = dedup.enqueue("u", TASK, "x")
+        assert answer.conflict and answer.job_id == follow.job_id and answer.status.state is JobState.QUEUED
+    elif how == "sweep":
+        assert dedup.sweep() == 0
+    else:
+        assert dedup.cancel("u")  # the released follow-up, queued now, is what it cancels
+    expected = [follow.job_id, other.job_id] if at_front else [other.job_id, follow.job_id]
+    if how == "cancel":
+        expected = [other.job_id]
+    assert [j.decode() for j in conn.lrange(queue.key, 0, -1)] == expected
+    job = Job.fetch(follow.job_id, connection=conn)
+    assert job.get_status() == ("canceled" if how == "cancel" else "queued")
+    assert conn.zscore(queue.deferred_job_registry.key, follow.job_id) is None
+    assert _dependents(queue, first.job_id) == set()  # RQ's cleanup of the holder will not enqueue it again
+    assert _last(dedup)[:2] == ((follow.job_id, "canceled") if how == "cancel" else (first.job_id, "dead"))
+    assert not conn.hexists(dedup.keys.followups, _field("u"))
+    if how != "cancel":
+        assert dedup.status("u").job_id == follow.job_id
+        assert conn.hget(dedup.keys.slots, _field("u")) == follow.job_id.encode()
+
+
+# -- gc, sweep, adopt, cancel: the slots hash, the gc zset and the counters ----------------
+
+
+def _ended(dedup: Deduplicator, queue: Queue, keys: list[str]) -> None:
+    dedup.enqueue_many([EnqueueRequest(k, TASK, ("x",)) for k in keys])
+    rqstate.run_all(queue)
+
+
+def test_gc_collects_ended_slots_and_forgets_them(queue: Queue) -> None:
+    conn = queue.connection
+    dedup = Deduplicator(queue, gc_budget=1, gc_min_age=0)
+    _ended(dedup, queue, ["a", "b", "c"])
+    assert conn.zcard(dedup.keys.gc) == 3
+    dedup.enqueue_many([EnqueueRequest(k, TASK, ("y",)) for k in ["d", "e"]])  # budget 1 x 2 requests
+    assert conn.hlen(dedup.keys.slots) == 3  # 2 of a, b, c collected; d, e admitted
+    assert conn.zcard(dedup.keys.gc) == 3
+    assert dedup.stats()["swept"] == 2
+    assert {_last(dedup, k)[1] for k in "abc"} == {"finished"}
+
+
+def test_gc_leaves_slots_checked_less_than_min_age_ago(queue: Queue) -> None:
+    dedup = Deduplicator(queue, gc_budget=5, gc_min_age=60)
+    _ended(dedup, queue, ["a", "b"])
+    dedup.enqueue("c", TASK, "x")
+    assert queue.connection.hlen(dedup.keys.slots) == 3 and "swept" not in dedup.stats()
+
+
+def test_gc_checks_at_most_100_slots_a_call(queue: Queue) -> None:
+    dedup = Deduplicator(queue, gc_budget=2, gc_min_age=0)
+    _ended(dedup, queue, [f"old{i}" for i in range(110)])
+    dedup.enqueue_many([EnqueueRequest(f"new{i}", TASK, ("x",)) for i in range(60)])  # 2 x 60 > 100
+    assert dedup.stats()["swept"] == 100
+
+
+def test_sweep_counts_slots_and_forgets_them(dedup: Deduplicator, queue: Queue) -> None:
+    conn = queue.connection
+    _ended(dedup, queue, ["a", "b", "c"])
+    dedup.enqueue("d", TASK, "x")
+    assert dedup.sweep(batch_size=10) == 3
+    assert conn.hkeys(dedup.keys.slots) == [_field("d").encode()]
+    assert conn.zrange(dedup.keys.gc, 0, -1) == [_field("d").encode()]
+    assert dedup.stats()["swept"] == 3
+    assert _last(dedup, "b")[1] == "finished"
+
+
+def test_cancel_frees_the_slot_and_forgets_it(dedup: Deduplicator, queue: Queue) -> None:
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "x")
+    assert dedup.cancel("u")
+    assert not conn.hexists(dedup.keys.slots, _field("u")) and conn.zcard(dedup.keys.gc) == 0
+    assert dedup.stats()["cancelled"] == 1
+    assert conn.zscore(queue.canceled_job_registry.key, adm.job_id) is not None
+    assert _last(dedup)[:2] == (adm.job_id, "canceled")
+
+
+def test_cancel_of_an_ended_holder_records_it_and_frees_the_slot(dedup: Deduplicator, queue: Queue) -> None:
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "x")
+    rqstate.run_all(queue)
+    assert not dedup.cancel("u")
+    assert not conn.hexists(dedup.keys.slots, _field("u")) and conn.zcard(dedup.keys.gc) == 0
+    assert conn.hget(dedup.keys.last, _field("u")).decode().startswith(f"{adm.job_id}|finished|")
+
+
+def test_adopted_slots_are_collected_like_the_others(queue: Queue) -> None:
+    conn = queue.connection
+    old = queue.enqueue(TASK, "x", job_id="email_process_u_1")
+    dedup = Deduplicator(queue, gc_budget=5, gc_min_age=0)
+    assert dedup.adopt("email_process_{key}_*")["adopted"] == 1
+    assert conn.zrange(dedup.keys.gc, 0, -1) == [_field("u").encode()]
+    assert dedup.adopt("email_process_{key}_*")["already"] == 1
+    rqstate.run_all(queue)
+    dedup.enqueue("other", TASK, "x")
+    assert not conn.hexists(dedup.keys.slots, _field("u"))
+    assert _last(dedup)[:2] == (old.id, "finished")
