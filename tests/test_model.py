@@ -96,6 +96,9 @@ class World(RuleBasedStateMachine):
             job_id = member.decode().split(":")[0]
             if score > now:  # a horse with a live lease runs, whatever the hash says
                 out[key_of(job_id)].add(job_id)
+        for job_id in self.running:  # a live horse runs even after RQ's own cancel took its wip entry
+            if job_id not in self.killed:
+                out[key_of(job_id)].add(job_id)
         return out
 
     # -- rules -----------------------------------------------------------------------
@@ -210,6 +213,24 @@ class World(RuleBasedStateMachine):
     @rule(key=st.sampled_from(KEYS))
     def cancel(self, key: str) -> None:
         self._cancel(key)
+
+    @precondition(lambda self: any(j not in self.killed for j in self.running))
+    @rule(data=st.data())
+    def rq_cancels_a_running_job(self, data: st.DataObject) -> None:
+        """RQ's own Job.cancel (say from its dashboard): status 'canceled', the wip entry
+        gone, while the horse runs on and its heartbeat keeps the execution's score."""
+        job_id = data.draw(st.sampled_from(sorted(j for j in self.running if j not in self.killed)))
+        if self.conn.exists(f"rq:job:{job_id}"):
+            Job.fetch(job_id, connection=self.conn).cancel()
+            self.cancelled.add(job_id)
+
+    @rule()
+    def operator_sweeps(self) -> None:
+        before = {k: self.runnable()[k] | self.waiting()[k] for k in KEYS}
+        self.dedup.sweep()
+        for key in KEYS:
+            if before[key]:
+                assert self.dedup.status(key).pending, f"sweep freed {key} while RQ holds {before[key]}"
 
     def _cancel(self, key: str) -> None:
         """cancel(key) takes a waiting follow-up first, else the holder."""

@@ -283,3 +283,26 @@ def test_adopted_slots_are_collected_like_the_others(queue: Queue) -> None:
     dedup.enqueue("other", TASK, "x")
     assert not conn.hexists(dedup.keys.slots, _field("u"))
     assert _last(dedup)[:2] == (old.id, "finished")
+
+
+# -- the scheduler's leader lease ----------------------------------------------------------
+
+
+def test_a_replica_whose_lease_expired_neither_renews_nor_releases_the_new_leaders(dedup: Deduplicator) -> None:
+    from dedupkit.scheduler import Scheduler
+
+    conn = dedup.connection
+    old, new = (Scheduler(dedup, list, interval=60, lease_ttl=30) for _ in range(2))
+    assert old.acquire_lease()
+    conn.delete(old.lease_key)  # its lease expired; the other replica took it
+    assert new.acquire_lease()
+    assert not old.acquire_lease()
+    assert conn.get(new.lease_key) == new.token.encode()
+    old.release_lease()  # it still believed it led until the renew failed; now a stop
+    old._leading = True  # a stop that comes before it noticed
+    old.release_lease()
+    assert conn.get(new.lease_key) == new.token.encode()
+    conn.pexpire(new.lease_key, 100)
+    assert new.acquire_lease() and conn.pttl(new.lease_key) > 20_000  # renewed to 30 s
+    new.release_lease()
+    assert conn.get(new.lease_key) is None
