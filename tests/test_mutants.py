@@ -7,6 +7,7 @@ on a real redis-server.
 
 from __future__ import annotations
 
+import time
 import types
 from datetime import datetime, timezone
 
@@ -306,3 +307,29 @@ def test_a_replica_whose_lease_expired_neither_renews_nor_releases_the_new_leade
     assert new.acquire_lease() and conn.pttl(new.lease_key) > 20_000  # renewed to 30 s
     new.release_lease()
     assert conn.get(new.lease_key) is None
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_any_of_the_newest_executions_with_a_live_lease_holds_the_key(dedup: Deduplicator, queue: Queue) -> None:
+    """An execution that died with a long job timeout (its executions score far ahead, its
+    wip entry expired) and a newer live one: the live one holds the key."""
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "x")
+    live = rqstate.start(conn, queue, adm.job_id, lease=30)
+    now = time.time()
+    conn.zadd(queue.started_job_registry.key, {f"{adm.job_id}:dead-exec": now - 1})
+    conn.zadd(f"rq:executions:{adm.job_id}", {"dead-exec": now + 1000})
+    assert dedup.is_running("u") and dedup.status("u").job_id == adm.job_id
+    rqstate.heartbeat(conn, queue, live, lease=-1)
+    assert not dedup.has_pending("u")
+
+
+def test_a_queued_job_counts_only_its_wip_entry_as_a_lease(dedup: Deduplicator, queue: Queue) -> None:
+    """A queued job's executions score (an execution RQ 3 made for a worker that died
+    before starting it) is no lease: only a wip entry is."""
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "x")
+    conn.zadd(f"rq:executions:{adm.job_id}", {"ghost": time.time() + 1000})
+    assert dedup.status("u").state is JobState.QUEUED
