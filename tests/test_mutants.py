@@ -333,3 +333,15 @@ def test_a_queued_job_counts_only_its_wip_entry_as_a_lease(dedup: Deduplicator, 
     adm = dedup.enqueue("u", TASK, "x")
     conn.zadd(f"rq:executions:{adm.job_id}", {"ghost": time.time() + 1000})
     assert dedup.status("u").state is JobState.QUEUED
+
+
+def test_an_execution_without_a_wip_entry_holds_until_its_score_less_60_s(dedup: Deduplicator, queue: Queue) -> None:
+    """RQ's Job.cancel of a running job takes the wip entry away; the heartbeat keeps the
+    execution's score at lease + 60 s, so the lease is that score less 60 s."""
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "x")
+    execution = rqstate.start(conn, queue, adm.job_id, lease=30)
+    Job.fetch(adm.job_id, connection=conn).cancel()
+    assert dedup.is_running("u")
+    conn.zadd(f"rq:executions:{adm.job_id}", {execution.id: time.time() + 30})  # lease ended 30 s ago
+    assert not dedup.has_pending("u")
