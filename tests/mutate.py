@@ -207,7 +207,7 @@ def restore(copy: Path, m: Mutant, text: str) -> None:
 ALL_PHASES = ("fake", "real", "workers")
 
 
-def test_mutant(copy: Path, lst: MutantList, m: Mutant, only: Sequence[str] = ALL_PHASES) -> Result:
+def try_mutant(copy: Path, lst: MutantList, m: Mutant, only: Sequence[str] = ALL_PHASES) -> Result:
     started = time.monotonic()
     phases = [(name, args, lst.tests[m.file]) for name, args in PHASES]
     if lst.workers.get(m.file):
@@ -241,7 +241,7 @@ def run_all(lst: MutantList, mutants: list[Mutant], jobs: int, run_equivalent: b
         with lock:
             copy = free.pop()
         try:
-            r = test_mutant(copy, lst, m, phases)
+            r = try_mutant(copy, lst, m, phases)
         finally:
             with lock:
                 free.append(copy)

@@ -345,3 +345,12 @@ def test_an_execution_without_a_wip_entry_holds_until_its_score_less_60_s(dedup:
     assert dedup.is_running("u")
     conn.zadd(f"rq:executions:{adm.job_id}", {execution.id: time.time() + 30})  # lease ended 30 s ago
     assert not dedup.has_pending("u")
+
+
+def test_a_created_holder_is_over(dedup: Deduplicator, queue: Queue) -> None:
+    """'created' is a job nothing enqueued (RQ sets 'queued' before it pushes a job)."""
+    adm = dedup.enqueue("u", TASK, "x")
+    queue.connection.lrem(queue.key, 1, adm.job_id)
+    queue.connection.hset(f"rq:job:{adm.job_id}", "status", "created")
+    assert not dedup.has_pending("u")
+    assert dedup.enqueue("u", TASK, "x").recovered == "ended"
