@@ -354,3 +354,17 @@ def test_a_created_holder_is_over(dedup: Deduplicator, queue: Queue) -> None:
     queue.connection.hset(f"rq:job:{adm.job_id}", "status", "created")
     assert not dedup.has_pending("u")
     assert dedup.enqueue("u", TASK, "x").recovered == "ended"
+
+
+@pytest.mark.parametrize("status", ["started", "queued"])
+def test_a_hash_without_origin_is_a_ghost_whatever_its_status(dedup: Deduplicator, queue: Queue,
+                                                               status: str) -> None:
+    """A worker's late writes (heartbeat, status) after the hash was deleted (result_ttl=0,
+    rq#1450) re-create a hash without 'origin': no job."""
+    conn = queue.connection
+    adm = dedup.enqueue("u", TASK, "x")
+    conn.lrem(queue.key, 1, adm.job_id)
+    conn.delete(f"rq:job:{adm.job_id}")
+    conn.hset(f"rq:job:{adm.job_id}", mapping={"status": status, "last_heartbeat": "2026-01-01T00:00:00Z"})
+    assert not dedup.has_pending("u")
+    assert dedup.enqueue("u", TASK, "x").recovered == "gone"
