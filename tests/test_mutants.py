@@ -368,3 +368,18 @@ def test_a_hash_without_origin_is_a_ghost_whatever_its_status(dedup: Deduplicato
     conn.hset(f"rq:job:{adm.job_id}", mapping={"status": status, "last_heartbeat": "2026-01-01T00:00:00Z"})
     assert not dedup.has_pending("u")
     assert dedup.enqueue("u", TASK, "x").recovered == "gone"
+
+
+def test_a_popped_job_with_an_expired_wip_entry_is_not_lost_until_rq_cleans_it(clock: Clock, fqueue: Queue) -> None:
+    """RQ 3: a worker that died after creating the execution leaves an expired wip entry
+    on a queued job; until RQ's cleanup removes it, the job is RQ's, not lost."""
+    conn = fqueue.connection
+    dedup = Deduplicator(fqueue, due_margin=5)
+    adm = dedup.enqueue("u", TASK, "x")
+    conn.lpop(fqueue.key)
+    assert not dedup.cancel("u")  # marked: lost from T + 5 if nothing else shows up
+    conn.zadd(fqueue.started_job_registry.key, {f"{adm.job_id}:exec": T + 1})
+    clock.now = T + 10
+    assert dedup.status("u").state is JobState.QUEUED
+    conn.zrem(fqueue.started_job_registry.key, f"{adm.job_id}:exec")  # RQ 3's cleanup
+    assert not dedup.has_pending("u")
