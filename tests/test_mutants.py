@@ -379,6 +379,7 @@ def test_a_popped_job_with_an_expired_wip_entry_is_not_lost_until_rq_cleans_it(c
     conn.lpop(fqueue.key)
     assert not dedup.cancel("u")  # marked: lost from T + 5 if nothing else shows up
     conn.zadd(fqueue.started_job_registry.key, {f"{adm.job_id}:exec": T + 1})
+    conn.zadd(f"rq:executions:{adm.job_id}", {"exec": T + 61})
     clock.now = T + 10
     assert dedup.status("u").state is JobState.QUEUED
     conn.zrem(fqueue.started_job_registry.key, f"{adm.job_id}:exec")  # RQ 3's cleanup
