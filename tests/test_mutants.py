@@ -384,3 +384,17 @@ def test_a_popped_job_with_an_expired_wip_entry_is_not_lost_until_rq_cleans_it(c
     assert dedup.status("u").state is JobState.QUEUED
     conn.zrem(fqueue.started_job_registry.key, f"{adm.job_id}:exec")  # RQ 3's cleanup
     assert not dedup.has_pending("u")
+
+
+def test_a_follow_up_that_cannot_be_cancelled_is_the_one_named(dedup: Deduplicator, queue: Queue,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """cancel(key) takes the waiting follow-up; when RQ 3 is already moving it onto the
+    queue ('ready_to_enqueue') it stays, and the answer names it, not the holder."""
+    conn = queue.connection
+    first = dedup.enqueue("u", TASK, "x")
+    rqstate.start(conn, queue, first.job_id)
+    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up")
+    conn.hset(f"rq:job:{follow.job_id}", "status", "ready_to_enqueue")
+    with caplog.at_level("INFO", logger="dedupkit"):
+        assert not dedup.cancel("u")
+    assert f"not cancelled (ready, job {follow.job_id})" in caplog.text
