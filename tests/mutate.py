@@ -28,6 +28,7 @@ counted in N.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -207,12 +208,16 @@ def restore(copy: Path, m: Mutant, text: str) -> None:
 ALL_PHASES = ("fake", "real", "workers")
 
 
-def try_mutant(copy: Path, lst: MutantList, m: Mutant, only: Sequence[str] = ALL_PHASES) -> Result:
+def try_mutant(copy: Path, lst: MutantList, m: Mutant, only: Sequence[str] = ALL_PHASES,
+               hint: str = "") -> Result:
+    """Run the mutant's phases; ``hint``, the test that killed it last time, runs first alone."""
     started = time.monotonic()
     phases = [(name, args, lst.tests[m.file]) for name, args in PHASES]
     if lst.workers.get(m.file):
         phases.append(("workers", [], lst.workers[m.file]))
     phases = [p for p in phases if p[0] in only]
+    if hint and (copy / hint.split("::")[0]).is_file():
+        phases.insert(0, ("last killer", [], [hint]))
     text = apply(copy, m)
     try:
         for name, args, files in phases:
@@ -236,15 +241,20 @@ def run_all(lst: MutantList, mutants: list[Mutant], jobs: int, run_equivalent: b
     lock = threading.Lock()
     for c in copies:
         copy_tree(c)
+    hints = _load_hints()
 
     def one(m: Mutant) -> Result:
         with lock:
             copy = free.pop()
         try:
-            r = try_mutant(copy, lst, m, phases)
+            r = try_mutant(copy, lst, m, phases, hints.get(m.id, ""))
         finally:
             with lock:
                 free.append(copy)
+        if r.outcome == "killed":
+            with lock:
+                hints[m.id] = r.by.rsplit(" (", 1)[0]
+                _save_hints(hints)
         if r.outcome == "survived" and m.equivalent:
             r.outcome = "equivalent"
         print(f"  {m.id}: {r.outcome} {r.by} [{r.seconds:.0f}s]", file=sys.stderr, flush=True)
@@ -262,6 +272,24 @@ def run_all(lst: MutantList, mutants: list[Mutant], jobs: int, run_equivalent: b
             _reap(c)
             shutil.rmtree(c, ignore_errors=True)
     return [results[m.id] for m in mutants]
+
+
+# The test that killed each mutant last time (a local cache, git-ignored): it runs first, alone,
+# so a mutant is usually killed in one short pytest run. Only an order: a hint that no
+# longer kills is followed by every phase as usual.
+HINTS = ROOT / ".mutate-killers.json"
+
+
+def _load_hints() -> dict[str, str]:
+    try:
+        data = json.loads(HINTS.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _save_hints(hints: dict[str, str]) -> None:
+    HINTS.write_text(json.dumps(hints, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def table(results: list[Result]) -> str:
@@ -328,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fail-under", type=float, default=0.0, metavar="PCT", help="exit 1 below this score")
     p.add_argument("--phases", nargs="+", choices=ALL_PHASES, default=list(ALL_PHASES),
                    help="run only these phases (a quick look: --phases fake)")
+    p.add_argument("--cold", action="store_true", help=f"ignore the last run's killers ({HINTS.name})")
     p.add_argument("--check", action="store_true", help="validate the list and exit")
     p.add_argument("--seeds", type=int, default=0, help="instead: the model's kill rate over N seeds")
     p.add_argument("--model", default="tests/test_model.py::TestModelFakeredis", help="the model test for --seeds")
@@ -351,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds_report([m for m in chosen if not m.equivalent], a.seeds, a.model, a.jobs)
         return 0
     started = time.monotonic()
+    if a.cold:
+        HINTS.unlink(missing_ok=True)
     results = run_all(lst, chosen, a.jobs, a.run_equivalent, a.phases)
     print(table(results))
     k, n = score(results)
