@@ -143,7 +143,8 @@ def run_phase(copy: Path, args: Sequence[str], files: Sequence[str], extra: Sequ
     env = {k: v for k, v in os.environ.items() if k not in ("DEDUPKIT_REQUIRE_REAL", "PYTHONPATH")}
     # Hypothesis replays the failing examples it saved: a run must not inherit another's.
     shutil.rmtree(copy / ".hypothesis", ignore_errors=True)
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q", "-rfE", *args, *extra, *files]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q", "-rfE", "--hypothesis-profile=mutate",
+           *args, *extra, *files]
     proc = subprocess.Popen(cmd, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     _running.add(proc)
