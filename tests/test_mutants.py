@@ -398,3 +398,17 @@ def test_a_follow_up_that_cannot_be_cancelled_is_the_one_named(dedup: Deduplicat
     with caplog.at_level("INFO", logger="dedupkit"):
         assert not dedup.cancel("u")
     assert f"not cancelled (ready, job {follow.job_id})" in caplog.text
+
+
+def test_a_follow_up_cancelled_by_rq_is_forgotten_and_never_the_last_run(dedup: Deduplicator, queue: Queue) -> None:
+    conn = queue.connection
+    first = dedup.enqueue("u", TASK, "x")
+    execution = rqstate.start(conn, queue, first.job_id)
+    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up")
+    Job.fetch(follow.job_id, connection=conn).cancel()  # RQ's own cancel, not dedupkit's
+    answer = dedup.enqueue("u", TASK, "x")
+    assert answer.conflict and answer.job_id == first.job_id and answer.status.follow_up_job_id is None
+    assert not conn.hexists(dedup.keys.followups, _field("u"))
+    _finish(queue, first.job_id, execution)
+    assert dedup.enqueue("u", TASK, "x").admitted
+    assert _last(dedup)[:2] == (first.job_id, "finished")
