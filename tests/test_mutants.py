@@ -412,3 +412,92 @@ def test_a_follow_up_cancelled_by_rq_is_forgotten_and_never_the_last_run(dedup: 
     _finish(queue, first.job_id, execution)
     assert dedup.enqueue("u", TASK, "x").admitted
     assert _last(dedup)[:2] == (first.job_id, "finished")
+
+
+# -- admit: the request count, replays, replace's bookkeeping, damaged requests -------------
+
+
+def test_a_request_count_that_does_not_match_the_keys_is_refused(dedup: Deduplicator) -> None:
+    from dedupkit import scripts
+    from dedupkit.errors import ScriptError
+
+    prepared = dedup._prepare(EnqueueRequest("u", TASK, ("x",)))
+    keys = [dedup.keys.slots] * 12 + [dedup.keys.job_key(prepared.job.id)]
+    args = ["rq:job:", "rq:executions:", 2, 0, 0, 0, "", "%s", "%s", "",
+            prepared.field, prepared.job.id, prepared.mode, prepared.run_at, prepared.ttl, prepared.policy,
+            len(prepared.pairs) // 2, *prepared.pairs]
+    with pytest.raises(ScriptError, match="ARGV\\[3\\]=2 but 1 job keys"):
+        dedup._scripts.call(scripts.ADMIT, keys, args)
+
+
+def test_a_replay_after_the_slot_was_collected_is_still_that_admission(queue: Queue) -> None:
+    dedup = Deduplicator(queue, gc_min_age=0)
+    prepared = dedup._prepare(EnqueueRequest("u", TASK, ("x",)))
+    first = dedup._admit([prepared])[0]
+    assert dedup._admit([prepared])[0].status.state is JobState.QUEUED  # a replay describes the job
+    rqstate.run_all(queue)
+    dedup.enqueue("other", TASK, "gc")  # gc deletes u's ended slot, its last run names the job
+    assert not queue.connection.hexists(dedup.keys.slots, _field("u"))
+    again = dedup._admit([prepared])[0]
+    assert again.admitted and again.job_id == first.job_id and again.error is None
+
+
+def test_replace_records_the_replaced_holder_as_the_last_run(dedup: Deduplicator, queue: Queue) -> None:
+    first = dedup.enqueue("u", TASK, "x")
+    second = dedup.enqueue("u", TASK, "x", on_conflict="replace")
+    assert second.replaced == first.job_id
+    assert _last(dedup)[:2] == (first.job_id, "canceled")
+    assert queue.connection.smembers(queue.redis_queues_keys) == {queue.key.encode()}
+
+
+def test_replacing_a_holder_rq_requeued_takes_its_waiting_follow_up_too(dedup: Deduplicator, queue: Queue) -> None:
+    """A follow-up waits behind a holder whose worker died; RQ's cleanup re-queues the
+    holder (a retry left) and keeps the follow-up deferred. Replacing the holder cancels both."""
+    from rq import Retry
+    from rq.registry import StartedJobRegistry
+
+    conn = queue.connection
+    first = dedup.enqueue("u", TASK, "x", retry=Retry(max=1))
+    execution = rqstate.start(conn, queue, first.job_id)
+    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up")
+    rqstate.heartbeat(conn, queue, execution, lease=-1)
+    StartedJobRegistry(queue=queue).cleanup()
+    assert dedup.status("u").state is JobState.QUEUED and dedup.status("u").follow_up_job_id == follow.job_id
+    third = dedup.enqueue("u", TASK, "x", on_conflict="replace")
+    assert third.admitted and third.replaced == first.job_id
+    assert Job.fetch(follow.job_id, connection=conn).get_status() == "canceled"
+    assert not conn.hexists(dedup.keys.followups, _field("u"))
+    assert _dependents(queue, first.job_id) == set()
+    assert dedup.stats()["cancelled"] == 1
+    assert dedup.status("u").job_id == third.job_id and dedup.status("u").follow_up_job_id is None
+
+
+def test_a_rate_limit_request_without_its_key_writes_nothing(dedup: Deduplicator, queue: Queue) -> None:
+    prepared = dedup._prepare(EnqueueRequest("u", TASK, ("x",)))
+    prepared.mode = "rate_limit"  # without a rate_limit_key field (and on RQ 2 without the template)
+    answer = dedup._admit([prepared])[0]
+    assert answer.error is not None and "rate_limit mode" in str(answer.error)
+    assert not queue.connection.exists(dedup.keys.job_key(prepared.job.id))
+    assert not queue.connection.exists(queue.redis_queues_keys)
+
+
+RQ3 = int(__import__("rq").__version__.split(".")[0]) >= 3
+
+
+@pytest.mark.rq_version
+@pytest.mark.skipif(not RQ3, reason="RQ 3's rate limits")
+def test_the_script_alone_withdraws_a_rate_limited_job_from_its_waiting_zset(dedup: Deduplicator, queue: Queue,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """cancel.lua takes the job out of the limit's waiting zset itself: a client that dies
+    before RQ's RateLimitRegistry.cancel leaves nothing RQ would promote."""
+    from rq.rate_limit import RateLimit
+
+    conn = queue.connection
+    limit = RateLimit("k", concurrency=1)
+    dedup.enqueue("other", TASK, "x", rate_limit=limit)  # takes the one slot
+    adm = dedup.enqueue("u", TASK, "x", rate_limit=limit)
+    assert dedup.status("u").state is JobState.RATE_LIMITED
+    monkeypatch.setattr(Deduplicator, "_release_rate_limit", lambda *_: None)  # the client died here
+    assert dedup.cancel("u")
+    waiting = dedup.keys.rate_limited_template.replace("%s", "k")
+    assert conn.zscore(waiting, adm.job_id) is None
