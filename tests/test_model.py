@@ -3,8 +3,10 @@
 Rules: a manual trigger, a scheduler tick (enqueue_many, immediate and future runs), time
 passing, RQ's scheduler promoting due jobs (driven step by step, with a cancel between
 its read and its write), a worker's two dequeue steps, success, failure, a worker killed
-hard (its heartbeat stops; the lease expires as time passes), cancel, a job hash deleted
-(its TTL ran out) and SCRIPT FLUSH.
+hard (its heartbeat stops; the lease expires as time passes), cancel, RQ's own cancel of a
+running job (the horse runs on), an operator's sweep, a job hash deleted (its TTL ran out)
+and SCRIPT FLUSH. `make mutate-seeds` measures how often this model alone catches the
+state-machine mutants of dedupkit/lua/mutants.toml (issue 10).
 
 Time is the model's: "time passes by dt" moves every RQ score (scheduled run times,
 heartbeat leases) dt seconds into the past, which is what a clock moving forward does to
