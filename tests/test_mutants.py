@@ -501,3 +501,10 @@ def test_the_script_alone_withdraws_a_rate_limited_job_from_its_waiting_zset(ded
     assert dedup.cancel("u")
     waiting = dedup.keys.rate_limited_template.replace("%s", "k")
     assert conn.zscore(waiting, adm.job_id) is None
+
+
+def test_at_front_goes_to_the_front_and_the_rest_to_the_back(dedup: Deduplicator, queue: Queue) -> None:
+    a = dedup.enqueue("a", TASK, "x")
+    b = dedup.enqueue("b", TASK, "x")
+    c = dedup.enqueue("c", TASK, "x", at_front=True)
+    assert [j.decode() for j in queue.connection.lrange(queue.key, 0, -1)] == [c.job_id, a.job_id, b.job_id]
