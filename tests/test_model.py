@@ -125,6 +125,13 @@ class World(RuleBasedStateMachine):
         else:
             assert before, f"key {key} free in RQ but refused: {adm}"
             assert adm.job_id in before
+        self._no_follow_up_waits_behind_nothing(key)
+
+    def _no_follow_up_waits_behind_nothing(self, key: str) -> None:
+        """After a call that writes (admission, sweep), a follow-up whose holder is over has
+        been released: RQ would wait for its 10-minute maintenance, or forever."""
+        if self.waiting()[key]:
+            assert self.runnable()[key], f"{key}: follow-up {self.waiting()[key]} deferred behind nothing"
 
     @rule(delays=st.lists(st.sampled_from([None, 0, 20, 90, 3600]), min_size=1, max_size=4))
     def scheduler_tick(self, delays: list[int | None]) -> None:
@@ -235,6 +242,7 @@ class World(RuleBasedStateMachine):
         for key in KEYS:
             if before[key]:
                 assert self.dedup.status(key).pending, f"sweep freed {key} while RQ holds {before[key]}"
+            self._no_follow_up_waits_behind_nothing(key)
 
     def _cancel(self, key: str) -> None:
         """cancel(key) takes a waiting follow-up first, else the holder."""
