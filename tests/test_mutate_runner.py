@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,22 @@ def test_the_list_is_not_shipped() -> None:
 
     data = tomllib.loads((mutate.ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert data["tool"]["setuptools"]["package-data"]["dedupkit.lua"] == ["*.lua"]
+
+
+def test_a_mutant_added_by_hand_runs_and_the_tree_is_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """End to end: the list gains one table, the runner (unchanged) copies the tree, applies
+    it, runs the lease tests on fakeredis, restores, reports."""
+    monkeypatch.setattr(mutate, "HINTS", tmp_path / "killers.json")
+    script = mutate.ROOT / mutate.LUA_DIR / "lease_renew.lua"
+    before = script.read_text(encoding="utf-8")
+    copies = set(Path(tempfile.gettempdir()).glob("dedupkit-mutate-*"))  # other runs' copies
+    path = _write_list(tmp_path, '[[mutant]]\nid = "by-hand"\nfile = "lease_renew.lua"\n'
+                                 'original = "  return 1"\nreplacement = "  return 0"\n'
+                                 'description = "renew says no"\n')
+    assert mutate.main(["--list", str(path), "--only", "by-hand", "--phases", "fake"]) == 0
+    out = capsys.readouterr().out
+    assert "by-hand" in out and "killed by tests/" in out
+    assert out.rstrip().endswith("mutation score: 1/1 killed")
+    assert script.read_text(encoding="utf-8") == before
+    assert set(Path(tempfile.gettempdir()).glob("dedupkit-mutate-*")) <= copies  # its copy removed
