@@ -133,6 +133,14 @@ class World(RuleBasedStateMachine):
         if self.waiting()[key]:
             assert self.runnable()[key], f"{key}: follow-up {self.waiting()[key]} deferred behind nothing"
 
+    @precondition(lambda self: any(j not in self.killed for j in self.running))
+    @rule(data=st.data())
+    def follow_up_behind_a_running_job(self, data: st.DataObject) -> None:
+        """A targeted trigger: the follow-up path (slot handover, release, coalescing) is
+        where a random trigger rarely goes, and where the handover mutants live."""
+        job_id = data.draw(st.sampled_from(sorted(j for j in self.running if j not in self.killed)))
+        self.trigger(key_of(job_id), "follow_up")
+
     @rule(delays=st.lists(st.sampled_from([None, 0, 20, 90, 3600]), min_size=1, max_size=4))
     def scheduler_tick(self, delays: list[int | None]) -> None:
         now = datetime.now(timezone.utc)
