@@ -141,6 +141,17 @@ class World(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(sorted(j for j in self.running if j not in self.killed)))
         self.trigger(key_of(job_id), "follow_up")
 
+    @precondition(lambda self: any(j not in self.killed for j in self.running))
+    @rule(data=st.data(), policy=st.sampled_from(["reject", "replace", "follow_up"]))
+    def worker_dies_and_its_key_is_triggered(self, data: st.DataObject, policy: str) -> None:
+        """Targeted: a holder's worker dies, its lease runs out, and its key is triggered
+        before RQ's maintenance: dedupkit alone must hand the slot on (to a follow-up,
+        released onto the queue) or free it."""
+        job_id = data.draw(st.sampled_from(sorted(j for j in self.running if j not in self.killed)))
+        self.killed.add(job_id)
+        self.time_passes(61)
+        self.trigger(key_of(job_id), policy)
+
     @rule(delays=st.lists(st.sampled_from([None, 0, 20, 90, 3600]), min_size=1, max_size=4))
     def scheduler_tick(self, delays: list[int | None]) -> None:
         now = datetime.now(timezone.utc)
