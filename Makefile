@@ -9,7 +9,7 @@ PY2 := $(RQ2_VENV)/bin/python
 CORE_REAL := tests/test_windows.py tests/test_race_real.py tests/test_model.py tests/test_faults_real.py \
 	tests/test_real_workers.py
 
-.PHONY: test test-rq2 test-topology demo lint install install-rq2 system-deps clean step-matrix
+.PHONY: test test-rq2 test-topology demo lint install install-rq2 system-deps clean step-matrix mutate mutate-seeds
 
 # The distribution was called `dedupkit` before `rq-dedupkit` (PyPI's `dedupkit` is another
 # project); a venv made before the rename still holds that editable install: drop it.
@@ -67,6 +67,18 @@ test-topology: install system-deps
 # from RQ's own data (tests/step_matrix.py; issue 9). Long: every step of every variant.
 step-matrix: install system-deps
 	$(PY) -m tests.step_matrix --full --mode kill $(STEP_MATRIX_ARGS)
+
+# Mutation testing of the Lua scripts (issue 10): every mutant of dedupkit/lua/mutants.toml,
+# each against the tests that cover its script, on a copy of the tree. A developer's and
+# reviewer's tool, not part of `make test`. MUTATE_ARGS e.g. --only ID, --file admit.lua.
+MUTATE_JOBS ?= 2
+mutate: install system-deps
+	$(PY) -m tests.mutate --jobs $(MUTATE_JOBS) --fail-under 95 $(MUTATE_ARGS)
+
+# The hypothesis model alone against the state-machine mutants (tag "model"), per seed.
+SEEDS ?= 10
+mutate-seeds: install
+	$(PY) -m tests.mutate --tag model --seeds $(SEEDS) --jobs $(MUTATE_JOBS) $(MUTATE_ARGS)
 
 # PORT=N serves the app on another port (default 5000; 0 = any free port).
 demo: $(VENV)/.demo-installed

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import fakeredis
 import pytest
 import redis
+from hypothesis import Phase, settings
 from rq import Queue
 
 from dedupkit import Deduplicator
@@ -19,6 +20,9 @@ from dedupkit import Deduplicator
 from .support import RedisServer, RQWorker
 
 REQUIRE_REAL = os.environ.get("DEDUPKIT_REQUIRE_REAL") == "1"
+# `make mutate` (tests/mutate.py) only asks whether a test fails: no shrinking of a failing
+# example (minutes under a mutant that breaks the model), no example database.
+settings.register_profile("mutate", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
 _skipped_real: list[str] = []
 
 

@@ -3,8 +3,10 @@
 Rules: a manual trigger, a scheduler tick (enqueue_many, immediate and future runs), time
 passing, RQ's scheduler promoting due jobs (driven step by step, with a cancel between
 its read and its write), a worker's two dequeue steps, success, failure, a worker killed
-hard (its heartbeat stops; the lease expires as time passes), cancel, a job hash deleted
-(its TTL ran out) and SCRIPT FLUSH.
+hard (its heartbeat stops; the lease expires as time passes), cancel, RQ's own cancel of a
+running job (the horse runs on), an operator's sweep, a job hash deleted (its TTL ran out)
+and SCRIPT FLUSH. `make mutate-seeds` measures how often this model alone catches the
+state-machine mutants of dedupkit/lua/mutants.toml (issue 10).
 
 Time is the model's: "time passes by dt" moves every RQ score (scheduled run times,
 heartbeat leases) dt seconds into the past, which is what a clock moving forward does to
@@ -96,6 +98,12 @@ class World(RuleBasedStateMachine):
             job_id = member.decode().split(":")[0]
             if score > now:  # a horse with a live lease runs, whatever the hash says
                 out[key_of(job_id)].add(job_id)
+        for job_id, (_, execution) in self.running.items():
+            # A live horse runs even after RQ's own cancel took its wip entry away; a killed
+            # one's lease is then its execution's score less RQ's 60 s (rq/executions.py).
+            score = self.conn.zscore(f"rq:executions:{job_id}", execution.id)
+            if job_id not in self.killed or (score is not None and score - 60 > now):
+                out[key_of(job_id)].add(job_id)
         return out
 
     # -- rules -----------------------------------------------------------------------
@@ -117,6 +125,32 @@ class World(RuleBasedStateMachine):
         else:
             assert before, f"key {key} free in RQ but refused: {adm}"
             assert adm.job_id in before
+        self._no_follow_up_waits_behind_nothing(key)
+
+    def _no_follow_up_waits_behind_nothing(self, key: str) -> None:
+        """After a call that writes (admission, sweep), a follow-up whose holder is over has
+        been released: RQ would wait for its 10-minute maintenance, or forever."""
+        if self.waiting()[key]:
+            assert self.runnable()[key], f"{key}: follow-up {self.waiting()[key]} deferred behind nothing"
+
+    @precondition(lambda self: any(j not in self.killed for j in self.running))
+    @rule(data=st.data())
+    def follow_up_behind_a_running_job(self, data: st.DataObject) -> None:
+        """A targeted trigger: the follow-up path (slot handover, release, coalescing) is
+        where a random trigger rarely goes, and where the handover mutants live."""
+        job_id = data.draw(st.sampled_from(sorted(j for j in self.running if j not in self.killed)))
+        self.trigger(key_of(job_id), "follow_up")
+
+    @precondition(lambda self: any(j not in self.killed for j in self.running))
+    @rule(data=st.data(), policy=st.sampled_from(["reject", "replace", "follow_up"]))
+    def worker_dies_and_its_key_is_triggered(self, data: st.DataObject, policy: str) -> None:
+        """Targeted: a holder's worker dies, its lease runs out, and its key is triggered
+        before RQ's maintenance: dedupkit alone must hand the slot on (to a follow-up,
+        released onto the queue) or free it."""
+        job_id = data.draw(st.sampled_from(sorted(j for j in self.running if j not in self.killed)))
+        self.killed.add(job_id)
+        self.time_passes(4000)  # past any lease RQ gives (the wip score and the executions score)
+        self.trigger(key_of(job_id), policy)
 
     @rule(delays=st.lists(st.sampled_from([None, 0, 20, 90, 3600]), min_size=1, max_size=4))
     def scheduler_tick(self, delays: list[int | None]) -> None:
@@ -204,12 +238,30 @@ class World(RuleBasedStateMachine):
     def rq_maintenance(self) -> None:
         """RQ's worker maintenance: fail jobs whose lease expired, enqueue their dependents."""
         self.queue.started_job_registry.cleanup()
-        for job_id in [j for j in self.running if self.status_of(j) != "started"]:
-            del self.running[job_id]
+        # Killed jobs stay in self.running: runnable() reads their leases, which end by themselves.
 
     @rule(key=st.sampled_from(KEYS))
     def cancel(self, key: str) -> None:
         self._cancel(key)
+
+    @precondition(lambda self: any(j not in self.killed and self.status_of(j) == "started" for j in self.running))
+    @rule(data=st.data())
+    def rq_cancels_a_running_job(self, data: st.DataObject) -> None:
+        """RQ's own Job.cancel (say from its dashboard): status 'canceled', the wip entry
+        gone, while the horse runs on and its heartbeat keeps the execution's score."""
+        job_id = data.draw(st.sampled_from(sorted(j for j in self.running
+                                                  if j not in self.killed and self.status_of(j) == "started")))
+        Job.fetch(job_id, connection=self.conn).cancel()
+        self.cancelled.add(job_id)
+
+    @rule()
+    def operator_sweeps(self) -> None:
+        before = {k: self.runnable()[k] | self.waiting()[k] for k in KEYS}
+        self.dedup.sweep()
+        for key in KEYS:
+            if before[key]:
+                assert self.dedup.status(key).pending, f"sweep freed {key} while RQ holds {before[key]}"
+            self._no_follow_up_waits_behind_nothing(key)
 
     def _cancel(self, key: str) -> None:
         """cancel(key) takes a waiting follow-up first, else the holder."""
