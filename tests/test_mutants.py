@@ -418,16 +418,16 @@ def test_a_follow_up_cancelled_by_rq_is_forgotten_and_never_the_last_run(dedup: 
 
 
 def test_a_request_count_that_does_not_match_the_keys_is_refused(dedup: Deduplicator) -> None:
-    from dedupkit import scripts
+    from dedupkit import protocol
     from dedupkit.errors import ScriptError
 
     prepared = dedup._prepare(EnqueueRequest("u", TASK, ("x",)))
-    keys = [dedup.keys.slots] * 12 + [dedup.keys.job_key(prepared.job.id)]
-    args = ["rq:job:", "rq:executions:", 2, 0, 0, 0, "", "%s", "%s", "",
-            prepared.field, prepared.job.id, prepared.mode, prepared.run_at, prepared.ttl, prepared.policy,
-            len(prepared.pairs) // 2, *prepared.pairs]
+    call = protocol.ADMIT.bind(dedup.keys)
+    keys = call.key_list([dedup.keys.job_key(prepared.job.id)])  # one job key ...
+    args = call.arg_list({"n": 2, "gc_budget": 0, "gc_min_age": 0, "due_margin": 0, "now_text": ""},
+                         prepared.argv())  # ... but n = 2
     with pytest.raises(ScriptError, match="ARGV\\[3\\]=2 but 1 job keys"):
-        dedup._scripts.call(scripts.ADMIT, keys, args)
+        dedup._scripts.call(protocol.ADMIT, keys, args)
 
 
 def test_a_replay_after_the_slot_was_collected_is_still_that_admission(queue: Queue) -> None:
