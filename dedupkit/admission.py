@@ -143,6 +143,10 @@ def prepare(core: DedupCore, request: EnqueueRequest) -> Prepared:
             mode, at_text = "rate_limit", ""
         else:
             job.enqueued_at = rq_now()
+            if parsed.at_front and policy is OnConflict.FOLLOW_UP:
+                # A follow-up may wait behind its holder and be pushed later, by RQ's
+                # dependents code or dedupkit's release, both of which read this flag.
+                job.enqueue_at_front = True
             mode, at_text = ("front" if parsed.at_front else "back"), ""
         pairs = flatten(job)
     except DedupkitError:

@@ -182,9 +182,7 @@ def test_a_dead_holders_follow_up_is_released_as_rq_enqueues_a_dependent(dedup: 
     conn = queue.connection
     first = dedup.enqueue("u", TASK, "x")
     execution = rqstate.start(conn, queue, first.job_id)
-    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up")
-    if at_front:  # what RQ writes for Dependency(enqueue_at_front=True); dedupkit's at_front= sets none here
-        conn.hset(f"rq:job:{follow.job_id}", "enqueue_at_front", "1")
+    follow = dedup.enqueue("u", TASK, "x", on_conflict="follow_up", at_front=at_front)
     other = dedup.enqueue("other", TASK, "x")  # already waiting in the queue
     rqstate.heartbeat(conn, queue, execution, lease=-1)  # the holder's worker died
     if how == "admit":
