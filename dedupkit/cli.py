@@ -36,7 +36,7 @@ from .deduplicator import Deduplicator
 from .errors import DedupkitError
 from .models import SlotStatus
 from .scheduler import Scheduler
-from .scripts import redis_errors
+from .sizes import queue_sizes
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -145,21 +145,13 @@ def _describe(status: SlotStatus) -> str:
     return f"{status.state.value if status.state else ''} {status.job_id} (age {_age(status)}{when}{follow})"
 
 
-def _queue_sizes(dedup: Deduplicator) -> dict[str, int]:
-    conn, k = dedup.connection, dedup.keys
-    with redis_errors():
-        return {"slots": int(conn.hlen(k.slots)), "follow_ups": int(conn.hlen(k.followups)),
-                "queued": int(conn.llen(k.queue)), "scheduled": int(conn.zcard(k.scheduled)),
-                "started": int(conn.zcard(k.started)), "deferred": int(conn.zcard(k.deferred))}
-
-
 def _run_status(args: argparse.Namespace) -> int:
     dedup = _dedup(args)
     if args.key is not None:
         status = dedup.status(args.key)
         _emit(args, status.to_dict(), [f"{args.queue} {status.key}: {_describe(status)}"])
         return 0
-    sizes, stats = _queue_sizes(dedup), dedup.stats()
+    sizes, stats = queue_sizes([dedup])[0], dedup.stats()
     _emit(args, {"queue": args.queue, "sizes": sizes, "stats": stats},
           [f"queue {args.queue}", *(f"  {name:<11} {value}" for name, value in sizes.items()),
            "decisions", *(f"  {name:<11} {value}" for name, value in sorted(stats.items()))])

@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
-from . import inline, requeue, scripts, server
+from . import inline, requeue, scripts, server, sizes
 from .errors import (
     DedupkitError,
     EvictionPolicyError,
@@ -514,8 +514,8 @@ class Deduplicator:
 
         ``id_pattern`` describes the old job ids, ``{key}`` where the key is and ``*`` for
         anything, e.g. ``"email_process_{key}_*"``. Reads RQ's queue and its scheduled,
-        started, deferred and (RQ 3) ready registries in pages (a one-off scan, not a hot
-        path); RQ 3's rate-limited jobs wait in per-limit registries and are not read.
+        started, deferred and (RQ 3) ready registries in pages, and RQ 3's rate limits for
+        this queue's waiting jobs (a one-off scan, not a hot path).
         Returns counts: adopted, already, held (another pending job had the slot: a
         duplicate from before dedupkit), not_pending, unmatched.
         """
@@ -568,6 +568,9 @@ class Deduplicator:
                 for member, _ in conn.zscan_iter(zkey, count=page):
                     # started registry members are <job id>:<execution id>
                     yield member.decode().split(":")[0]
+        # RQ 3: jobs waiting for a slot of their RateLimit (status rate_limited), held like queued ones
+        yield from (job_id for job_id, origin in sizes.rate_limited_jobs(conn, k.job_prefix, page)
+                    if origin == self.queue.name)
 
     # -- cancelling ----------------------------------------------------------------
 

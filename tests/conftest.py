@@ -16,10 +16,19 @@ from rq import Queue
 
 from dedupkit import Deduplicator
 
-from .support import RedisServer, RQWorker
+from .support import RedisServer, RQWorker, server_binary, server_version
 
 REQUIRE_REAL = os.environ.get("DEDUPKIT_REQUIRE_REAL") == "1"
 _skipped_real: list[str] = []
+
+
+def pytest_report_header() -> str:
+    # Which server the real-Redis tests run on (DEDUPKIT_SERVER; the matrix reads this line).
+    try:
+        binary = server_binary()
+    except (FileNotFoundError, ValueError) as exc:
+        return f"dedupkit real server: none ({exc})"
+    return f"dedupkit real server: {server_version(binary)} ({binary})"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
