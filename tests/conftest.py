@@ -16,7 +16,8 @@ from rq import Queue
 
 from dedupkit import Deduplicator
 
-from .support import RedisServer, RQWorker, server_binary, server_version
+from .servers import server_binary, server_version
+from .support import RedisServer, RQWorker
 
 REQUIRE_REAL = os.environ.get("DEDUPKIT_REQUIRE_REAL") == "1"
 _skipped_real: list[str] = []

