@@ -62,7 +62,10 @@ class RedisServer:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         try:
-            wait_for(lambda: _pings(client), 10, what=f"redis-server on port {self.port}")
+            wait_for(lambda: _pings(client), 10, what=f"{self.binary} on port {self.port}")
+        except AssertionError:
+            self.stop(signal.SIGKILL)  # a server that never answered must not outlive the test
+            raise
         finally:
             client.close()
 
