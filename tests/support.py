@@ -45,7 +45,8 @@ class RedisServer:
         # redis-py 8 opens each connection with HELLO 3 (RESP3), which Redis before 6.0 does not
         # know: clients of such a server must ask for RESP2 (`?protocol=2` in the URL), as RQ's
         # and dedupkit's users on Redis 5 must (README, "Servers").
-        self.resp2 = server_version(self.binary).split()[1] < "6"
+        major = server_version(self.binary).split()[1].split(".")[0]
+        self.resp2 = major.isdigit() and int(major) < 6
         self.extra = extra
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="dedupkit-redis-")
