@@ -63,7 +63,7 @@ lint: install
 # fresh install gets (RQ 3); then the real-Redis core on the oldest supported RQ 2.x; then a
 # representative core on every other server of the matrix, with both. A skipped real-Redis
 # test fails the run (DEDUPKIT_REQUIRE_REAL=1).
-test: install system-deps lint
+test: install system-deps servers lint
 	DEDUPKIT_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-rq2
 	$(MAKE) test-servers-ci

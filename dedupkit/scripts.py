@@ -73,8 +73,8 @@ class Scripts:
             try:
                 return self._scripts[spec.name](keys=list(keys), args=list(args))
             except redis.exceptions.ResponseError as exc:
-                if refusal(exc) is not None:
-                    raise  # redis_errors turns it into RedisRefusedError
+                if refusal(exc) is not None or needs_resp2(exc):
+                    raise  # redis_errors turns it into RedisRefusedError / RedisUnavailableError
                 raise ScriptError(spec.name, exc) from exc
 
 
@@ -107,16 +107,27 @@ def refusal(exc: redis.exceptions.RedisError) -> tuple[str, str] | None:
     return (code, text) if code else None
 
 
+def needs_resp2(exc: redis.exceptions.RedisError) -> bool:
+    """True when the connection failed on ``HELLO``: redis-py 8 opens with ``HELLO 3``
+    (RESP3), which Redis before 6.0 does not know (RQ allows Redis 5)."""
+    return isinstance(exc, redis.exceptions.ResponseError) and "unknown command `hello`" in str(exc).lower()
+
+
 @contextmanager
 def redis_errors() -> Iterator[None]:
     """Turn redis-py's connection errors and timeouts into RedisUnavailableError, and a
-    server's refusals (READONLY, OOM, ...) into RedisRefusedError, its subclass."""
+    server's refusals (READONLY, OOM, ...) into RedisRefusedError, its subclass; a server too
+    old for redis-py's RESP3 handshake into RedisUnavailableError saying to use protocol=2."""
     try:
         yield
     except redis.exceptions.RedisError as exc:
         refused = refusal(exc)
         if refused is not None:
             raise RedisRefusedError(exc, *refused) from exc
+        if needs_resp2(exc):
+            raise RedisUnavailableError(redis.exceptions.ConnectionError(
+                f"{exc}: this server predates RESP3 (Redis < 6.0); connect with protocol=2, "
+                "e.g. redis://host:6379/0?protocol=2 or Redis(..., protocol=2)")) from exc
         if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
             raise RedisUnavailableError(exc) from exc
         raise
