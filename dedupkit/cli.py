@@ -38,7 +38,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import follow_ups
 from .connection import load_settings, redis_from_settings
 from .deduplicator import Deduplicator
 from .errors import DedupkitError
@@ -46,6 +45,7 @@ from .keys import normalize_key
 from .models import SlotStatus
 from .scheduler import Scheduler
 from .scripts import redis_errors
+from .sizes import queue_sizes
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -189,15 +189,6 @@ def _known_queue(dedup: Deduplicator) -> Deduplicator:
                    f"known queues: {', '.join(known) or 'none'}")
 
 
-def _queue_sizes(dedup: Deduplicator) -> dict[str, int]:
-    conn, k = dedup.connection, dedup.keys
-    waiting = follow_ups.waiting(dedup)
-    with redis_errors():
-        return {"slots": int(conn.hlen(k.slots)), "follow_ups": waiting,
-                "queued": int(conn.llen(k.queue)), "scheduled": int(conn.zcard(k.scheduled)),
-                "started": int(conn.zcard(k.started)), "deferred": int(conn.zcard(k.deferred))}
-
-
 def _run_status(args: argparse.Namespace) -> int:
     if args.key is not None:
         normalize_key(args.key)  # a bad key is the caller's error, whatever the server's state
@@ -206,7 +197,7 @@ def _run_status(args: argparse.Namespace) -> int:
         status = dedup.status(args.key)
         _emit(args, status.to_dict(), [f"{args.queue} {status.key}: {_describe(status)}"])
         return 0
-    sizes, stats = _queue_sizes(dedup), dedup.stats()
+    sizes, stats = queue_sizes([dedup])[0], dedup.stats()
     _emit(args, {"queue": args.queue, "sizes": sizes, "stats": stats},
           [f"queue {args.queue}", *(f"  {name:<11} {value}" for name, value in sizes.items()),
            "decisions", *(f"  {name:<11} {value}" for name, value in sorted(stats.items()))])

@@ -208,7 +208,8 @@ class Deduplicator(DedupCore):
         ``id_pattern`` describes the old job ids, ``{key}`` where the key is and ``*`` for
         anything, e.g. ``"email_process_{key}_*"``. Reads RQ's queue, its list of ids a
         worker has just dequeued, its scheduled, started, deferred and (RQ 3) ready
-        registries in pages (a one-off scan, not a hot path); RQ 3's rate-limited jobs wait in per-limit registries and are not read.
+        registries in pages, and RQ 3's rate limits for this queue's waiting jobs (a one-off scan,
+        not a hot path).
         Returns counts: adopted, already, held (another pending job had the slot: a
         duplicate from before dedupkit), not_pending, unmatched.
         """

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from . import operators, protocol, scripts
-from .keys import RateLimitRegistry, encode_key, normalize_key
+from .keys import encode_key, normalize_key
 from .models import JobState, SlotStatus
 
 if TYPE_CHECKING:
@@ -56,11 +56,8 @@ def id_prefixes(user_id: object, prefix: str) -> tuple[str, ...]:
 def _ids(dedup: Deduplicator) -> Iterator[str]:
     """Every job id on the queue: its list, the ids a worker has just dequeued, the
     scheduled, started, deferred and (RQ 3) ready registries, and (RQ 3) the jobs waiting
-    for a rate limit (per limit, across queues)."""
+    for a rate limit whose origin is this queue."""
     yield from operators.rq_job_ids(dedup, PAGE)
-    if RateLimitRegistry is not None:
-        for registry in RateLimitRegistry.all(connection=dedup.connection):
-            yield from registry.get_rate_limited_job_ids()
 
 
 def scan(dedup: Deduplicator, user_id: object, prefix: str) -> list[LegacyJob]:

@@ -3,10 +3,12 @@
     from prometheus_client import REGISTRY
     REGISTRY.register(DedupkitCollector([dedup]))
 
-Every scrape costs one pipelined round trip per queue of O(1) commands (HGETALL of the
-small counters hash, HLEN, LLEN, ZCARD), and two for ``dedupkit_follow_ups``, which counts
-only follow-ups RQ still defers (an entry stays in the follow-ups hash after its job ran:
-see ``dedupkit.follow_ups``): no slot is scanned, however many there are.
+Every scrape costs two round trips per queue of O(1) commands (HGETALL of the small
+counters hash; then pipelined HLEN, LLEN, ZCARD), and two for ``dedupkit_follow_ups``, which
+counts only follow-ups RQ still defers (an entry stays in the follow-ups hash after its job
+ran: see ``dedupkit.follow_ups``): no slot is scanned, however many there are. On RQ 3 with
+rate limits in use, the jobs waiting in them are read once per scrape (a rate limit spans
+queues, so each waiting job's ``origin`` is read: see ``sizes.py``).
 ``dedupkit_slots`` counts occupied slot fields, including slots of ended jobs that gc has
 not collected yet; it is an upper bound of keys with a pending job, and the exact pending
 numbers are RQ's own sizes in ``dedupkit_rq_jobs``.
@@ -26,9 +28,8 @@ except ImportError as exc:  # the optional extra is not installed
         f"dedupkit.metrics needs prometheus_client ({exc}): install the metrics extra, "
         "pip install \"rq-dedupkit[metrics]\"", name=exc.name) from exc
 
-from . import scripts
 from .deduplicator import Deduplicator
-from .follow_ups import waiting as waiting_follow_ups
+from .sizes import PENDING_STATES, queue_sizes
 
 DECISIONS = ("admitted", "conflict", "replaced", "follow_up", "recovered", "dead", "cancelled", "swept",
              "collision", "error")
@@ -49,25 +50,15 @@ class DedupkitCollector(Collector):
                                        labels=["queue"])
         rq_jobs = GaugeMetricFamily("dedupkit_rq_jobs", "RQ jobs by state, from RQ's queue and registries",
                                     labels=["queue", "state"])
-        for dedup in self.deduplicators:
-            k, name = dedup.keys, dedup.queue.name
-            with scripts.redis_errors(), dedup.connection.pipeline(transaction=False) as pipe:
-                pipe.hgetall(k.stats)
-                pipe.hlen(k.slots)
-                pipe.llen(k.queue)
-                pipe.zcard(k.scheduled)
-                pipe.zcard(k.started)
-                pipe.zcard(k.deferred)
-                stats, n_slots, queued, scheduled, started, deferred = pipe.execute()
-            n_follow = waiting_follow_ups(dedup)
-            counts = {key.decode(): int(value) for key, value in stats.items()}
+        for dedup, sizes in zip(self.deduplicators, queue_sizes(self.deduplicators), strict=True):
+            name = dedup.queue.name
+            counts = dedup.stats()
             for decision in sorted(set(DECISIONS) | set(counts)):
                 decisions.add_metric([name, decision], counts.get(decision, 0))
-            slots.add_metric([name], n_slots)
-            follow_ups.add_metric([name], n_follow)
-            for state, value in (("queued", queued), ("scheduled", scheduled), ("started", started),
-                                 ("deferred", deferred)):
-                rq_jobs.add_metric([name, state], value)
+            slots.add_metric([name], sizes["slots"])
+            follow_ups.add_metric([name], sizes["follow_ups"])
+            for state in PENDING_STATES:
+                rq_jobs.add_metric([name, state], sizes[state])
         yield from (decisions, slots, follow_ups, rq_jobs)
 
 

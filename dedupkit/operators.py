@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
-from . import legacy, protocol, scripts
+from . import legacy, protocol, scripts, sizes
 from .errors import DedupkitError, InvalidRequestError
 from .keys import decode_key, encode_key
 from .models import SlotStatus
@@ -102,3 +102,6 @@ def rq_job_ids(dedup: Deduplicator, page: int) -> Iterator[str]:
             for member, _ in conn.zscan_iter(zkey, count=page):
                 # started registry members are <job id>:<execution id>
                 yield member.decode().split(":")[0]
+    # RQ 3: jobs waiting for a slot of their RateLimit (status rate_limited), held like queued ones
+    yield from (job_id for job_id, origin in sizes.rate_limited_jobs(conn, k.job_prefix, page)
+                if origin == dedup.queue.name)

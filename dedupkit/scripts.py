@@ -43,8 +43,8 @@ def _check(contract: Contract, keys: Sequence[str], args: Sequence[Any]) -> None
 
 
 def _script_error(contract: Contract, exc: redis.exceptions.ResponseError) -> Exception:
-    if refusal(exc) is not None:
-        return exc  # redis_errors turns it into RedisRefusedError
+    if refusal(exc) is not None or needs_resp2(exc):
+        return exc  # redis_errors turns it into RedisRefusedError / RedisUnavailableError
     return ScriptError(contract.name, exc)
 
 
@@ -66,7 +66,7 @@ class Scripts:
             except redis.exceptions.ResponseError as exc:
                 error = _script_error(contract, exc)
                 if error is exc:
-                    raise
+                    raise  # redis_errors turns it into RedisRefusedError / RedisUnavailableError
                 raise error from exc
 
     def call_and_wait(self, contract: Contract, keys: Sequence[str], args: Sequence[Any], replicas: int,
@@ -111,7 +111,7 @@ class AsyncScripts:
             except redis.exceptions.ResponseError as exc:
                 error = _script_error(contract, exc)
                 if error is exc:
-                    raise
+                    raise  # redis_errors turns it into RedisRefusedError / RedisUnavailableError
                 raise error from exc
 
     async def call_and_wait(self, contract: Contract, keys: Sequence[str], args: Sequence[Any], replicas: int,
@@ -174,17 +174,28 @@ def refusal(exc: redis.exceptions.RedisError) -> tuple[str, str] | None:
     return (code, text) if code else None
 
 
+def needs_resp2(exc: redis.exceptions.RedisError) -> bool:
+    """True when the connection failed on ``HELLO``: redis-py 8 opens with ``HELLO 3``
+    (RESP3), which Redis before 6.0 does not know (RQ allows Redis 5)."""
+    return isinstance(exc, redis.exceptions.ResponseError) and "unknown command `hello`" in str(exc).lower()
+
+
 @contextmanager
 def redis_errors() -> Iterator[None]:
     """Turn redis-py's connection errors, timeouts and cluster errors (redirections
     exhausted) into RedisUnavailableError, and a server's refusals (READONLY, OOM,
-    TRYAGAIN, ...) into RedisRefusedError, its subclass."""
+    TRYAGAIN, ...) into RedisRefusedError, its subclass; a server too old for redis-py's
+    RESP3 handshake into RedisUnavailableError saying to use protocol=2."""
     try:
         yield
     except redis.exceptions.RedisError as exc:
         refused = refusal(exc)
         if refused is not None:
             raise RedisRefusedError(exc, *refused) from exc
+        if needs_resp2(exc):
+            raise RedisUnavailableError(redis.exceptions.ConnectionError(
+                f"{exc}: this server predates RESP3 (Redis < 6.0); connect with protocol=2, "
+                "e.g. redis://host:6379/0?protocol=2 or Redis(..., protocol=2)")) from exc
         # ClusterError: redis-py's RedisCluster gave up following MOVED/ASK/TRYAGAIN (a slot
         # in migration, a node down): the cluster is not serving the key now.
         if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,

@@ -17,6 +17,7 @@ from rq import Queue
 
 from dedupkit import Deduplicator
 
+from .servers import server_binary, server_version
 from .support import RedisServer, RQWorker
 
 REQUIRE_REAL = os.environ.get("DEDUPKIT_REQUIRE_REAL") == "1"
@@ -24,6 +25,15 @@ REQUIRE_REAL = os.environ.get("DEDUPKIT_REQUIRE_REAL") == "1"
 # example (minutes under a mutant that breaks the model), no example database.
 settings.register_profile("mutate", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
 _skipped_real: list[str] = []
+
+
+def pytest_report_header() -> str:
+    # Which server the real-Redis tests run on (DEDUPKIT_SERVER; the matrix reads this line).
+    try:
+        binary = server_binary()
+    except (FileNotFoundError, ValueError) as exc:
+        return f"dedupkit real server: none ({exc})"
+    return f"dedupkit real server: {server_version(binary)} ({binary})"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import redis
 
+from .servers import server_binary, server_version
+
 ROOT = Path(__file__).resolve().parent.parent
 RQ_BIN = str(Path(sys.executable).with_name("rq"))
 
@@ -35,13 +37,16 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 
 
 class RedisServer:
-    """A throwaway redis-server: its own temp dir, loopback only, no persistence by default."""
+    """A throwaway redis-server (or the one DEDUPKIT_SERVER picks): its own temp dir, loopback
+    only, no persistence by default."""
 
-    def __init__(self, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server is not installed (the README's test command installs it)")
-        self.binary = binary
+    def __init__(self, *extra: str, binary: str | None = None) -> None:
+        self.binary = binary or server_binary()
+        # redis-py 8 opens each connection with HELLO 3 (RESP3), which Redis before 6.0 does not
+        # know: clients of such a server must ask for RESP2 (`?protocol=2` in the URL), as RQ's
+        # and dedupkit's users on Redis 5 must (README, "Servers").
+        major = server_version(self.binary).split()[1].split(".")[0]
+        self.resp2 = major.isdigit() and int(major) < 6
         self.extra = extra
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="dedupkit-redis-")
@@ -50,15 +55,18 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://127.0.0.1:{self.port}/0" + ("?protocol=2" if self.resp2 else "")
 
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                 "--save", "", "--appendonly", "no", "--protected-mode", "yes", *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         try:
-            wait_for(lambda: _pings(client), 10, what=f"redis-server on port {self.port}")
+            wait_for(lambda: _pings(client), 10, what=f"{self.binary} on port {self.port}")
+        except AssertionError:
+            self.stop(signal.SIGKILL)  # a server that never answered must not outlive the test
+            raise
         finally:
             client.close()
 

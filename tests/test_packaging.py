@@ -1,6 +1,6 @@
 """The distribution `rq-dedupkit` ships the Lua scripts and its LICENSE, and builds without
-setuptools warnings: build the sdist and, from it, the wheel; install the wheel in a clean venv,
-admit a job."""
+setuptools warnings: build the sdist and, from it, the wheel; `pip install` the wheel in a
+clean venv (a fresh install gets RQ 3), run the README's snippet, and a real `rq worker`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import redis
 
 from .support import ROOT, RedisServer
 
@@ -56,29 +57,60 @@ def test_wheel_contains_scripts_and_works_from_a_clean_venv(tmp_path: Path, real
     assert zf.read(f"{dist_info}/entry_points.txt").decode().split() == [
         "[console_scripts]", "dedupkit", "=", "dedupkit.cli:main"]
 
+    _readme_snippet_runs_from_a_clean_venv(tmp_path, wheel, real_server)
+
+
+def _readme_snippet(name: str = "dedup = Deduplicator(queue)") -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    return next(block for block in blocks if name in block)
+
+
+def _readme_snippet_runs_from_a_clean_venv(tmp_path: Path, wheel: Path, real_server: RedisServer) -> None:
+    """What a user does: a new venv, ``pip install`` the wheel (its dependencies from the
+    package index: a fresh install gets RQ 3), the README's snippet, a real ``rq worker``."""
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(env_dir)
-    python = env_dir / "bin" / "python"
-    # The wheel goes into a fresh directory; its dependencies (rq, redis, click) come from
-    # this environment's site-packages through PYTHONPATH, which does not run the .pth
-    # file of the editable install, so only the wheel's copy of dedupkit is importable.
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-                    str(tmp_path / "site"), str(wheel)], check=True)
-    check = (
-        "import sys; sys.path[:0] = [sys.argv[1]]\n"
-        "import dedupkit, redis; from rq import Queue\n"
-        "assert dedupkit.__file__.startswith(sys.argv[1]), dedupkit.__file__\n"
-        "import importlib.metadata as md; dist = md.distribution('rq-dedupkit')\n"
-        "assert str(dist.locate_file('')).startswith(sys.argv[1]), dist.locate_file('')\n"
-        "assert dist.version == dedupkit.__version__, (dist.version, dedupkit.__version__)\n"
-        "d = dedupkit.Deduplicator(Queue('pkg', connection=redis.Redis.from_url(sys.argv[2])))\n"
-        "assert d.enqueue('u', 'os.getpid').admitted and not d.enqueue('u', 'os.getpid').admitted\n"
-        "print('ok')\n"
-    )
-    deps = subprocess.run([sys.executable, "-c", "import rq, redis, click, os; "
-                           "print(os.pathsep.join(os.path.dirname(os.path.dirname(m.__file__)) "
-                           "for m in (rq, redis, click)))"], capture_output=True, text=True, check=True).stdout.strip()
-    out = subprocess.run([str(python), "-c", check, str(tmp_path / "site"), real_server.url],
-                         capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": deps})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
+    python, rq_bin = env_dir / "bin" / "python", env_dir / "bin" / "rq"
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                              str(wheel)], capture_output=True, text=True, env=clean)
+    assert install.returncode == 0, install.stdout + install.stderr
+    versions = subprocess.run([str(python), "-c", "import dedupkit, rq, sys; print(rq.__version__); "
+                               "print(dedupkit.__file__)"], capture_output=True, text=True, env=clean, cwd=tmp_path)
+    assert versions.returncode == 0, versions.stderr
+    rq_version, dedupkit_file = versions.stdout.split()
+    assert rq_version.startswith("3."), rq_version
+    assert dedupkit_file.startswith(str(env_dir)), dedupkit_file  # the wheel's copy, not this checkout
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "mytasks.py").write_text(
+        "import os, redis\n\n"
+        "def process_user_emails(user_id):\n"
+        "    redis.Redis.from_url(os.environ['REDIS_URL']).rpush('readme:ran', str(user_id))\n"
+        "    return user_id\n")
+    (app / "snippet.py").write_text(
+        "import os\nfrom mytasks import process_user_emails\n"
+        "url, user_id = os.environ['REDIS_URL'], 42\n"
+        + _readme_snippet()
+        + "print('admitted' if adm.admitted else 'conflict', adm.job_id)\n")
+    env = dict(clean, REDIS_URL=real_server.url)
+    runs = [subprocess.run([str(python), "snippet.py"], capture_output=True, text=True, env=env, cwd=app)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    first, second = (run.stdout.split() for run in runs)
+    assert first[0] == "admitted" and second[-2:] == ["conflict", first[1]], (first, second)
+    assert "already pending:" in runs[1].stdout and "'pending': True" in runs[1].stdout
+    worker = subprocess.run([str(rq_bin), "worker", "--burst", "-u", real_server.url, "--path", str(app),
+                             "email_processing"], capture_output=True, text=True, env=env, cwd=app, timeout=120)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    conn = redis.Redis.from_url(real_server.url)
+    try:
+        assert conn.lrange("readme:ran", 0, -1) == [b"42"]  # the one admitted job ran, once
+        assert conn.hget(f"rq:job:{first[1]}", "status") == b"finished"
+    finally:
+        conn.delete("readme:ran")
+        conn.close()
+    third = subprocess.run([str(python), "snippet.py"], capture_output=True, text=True, env=env, cwd=app)
+    assert third.returncode == 0 and third.stdout.startswith("admitted"), third.stdout + third.stderr

@@ -210,3 +210,45 @@ def test_a_release_between_rqs_read_and_write_of_the_dependents_aborts_rqs_move(
     assert queue.move_dependents_to_ready(job) == {}  # RQ's retry: nothing left to move
     assert queue.get_job_ids() == [follow.job_id] and _status(conn, follow.job_id) == "queued"
     assert conn.zcard(queue.ready_job_registry.key) == 0
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=rq3_only)])
+def test_adopt_and_the_counts_take_rate_limited_jobs_like_queued_ones(conn: redis.Redis, _: None) -> None:
+    """Jobs enqueued with RQ's own ``rate_limit=`` before dedupkit: ``adopt`` gives the waiting
+    ones of its queue their slots (a limit spans queues: the other queue's are left alone), and
+    the CLI's sizes and the metrics count them as ``rate_limited`` per queue."""
+    from rq.rate_limit import RateLimit, RateLimitRegistry
+
+    from dedupkit.metrics import prometheus_text
+    from dedupkit.sizes import queue_sizes
+
+    from .test_metrics import _samples
+
+    queue, other = Queue("test", connection=conn), Queue("other", connection=conn)
+    limit = RateLimit("mail", 1)
+    running = queue.enqueue(TASK, "a", job_id="email_process_a_1", rate_limit=limit)
+    waiting = queue.enqueue(TASK, "b", job_id="email_process_b_1", rate_limit=limit)
+    elsewhere = other.enqueue(TASK, "c", job_id="email_process_c_1", rate_limit=limit)
+    registry = RateLimitRegistry("mail", connection=conn)
+    assert registry.get_rate_limited_job_ids() == [waiting.id, elsewhere.id]
+    assert _status(conn, waiting.id) == "rate_limited" and _status(conn, running.id) == "queued"
+
+    dedup, dedup_other = Deduplicator(queue), Deduplicator(other)
+    sizes = queue_sizes([dedup, dedup_other])
+    assert sizes[0]["rate_limited"] == 1 and sizes[0]["queued"] == 1 and sizes[1]["rate_limited"] == 1
+    assert dedup.adopt("email_process_{key}_*") == {"adopted": 2, "already": 0, "held": 0, "not_pending": 0,
+                                                    "unmatched": 0}
+    status = dedup.status("b")
+    assert status.job_id == waiting.id and status.state is JobState.RATE_LIMITED
+    conflict = dedup.enqueue("b", TASK, "b2")
+    assert not conflict.admitted and conflict.job_id == waiting.id
+    assert not dedup.has_pending("c") and dedup_other.status("c").job_id is None  # not adopted by "test"
+    samples = _samples(prometheus_text([dedup, dedup_other]))
+    for name, expected in (("test", 1), ("other", 1)):
+        assert samples[("dedupkit_rq_jobs", (("queue", name), ("state", "rate_limited")))] == expected
+    assert samples[("dedupkit_rq_jobs", (("queue", "test"), ("state", "queued")))] == 1
+
+    # RQ's own worker runs "a"; its slot release promotes "b" (then "c", on the other queue).
+    rqstate.run_all(queue)
+    assert _status(conn, waiting.id) == "finished" and not dedup.has_pending("b")
+    assert queue_sizes([dedup])[0]["rate_limited"] == 0 and queue_sizes([dedup_other])[0]["rate_limited"] == 0

@@ -288,6 +288,21 @@ def test_a_success_retried_after_a_watch_error_keeps_the_key_while_rq_may_revive
 
 
 
+def _dequeue_into_intermediate(conn: redis.Redis, queue: Queue) -> None:
+    """What Queue.lmove does on Redis >= 6.2: LMOVE the next id into the intermediate list.
+    Redis 5 has no LMOVE (and RQ pops with LPOP there, never filling that list): the same
+    move in MULTI, so the list state is there and the scripts' LPOS-less path reads it."""
+    try:
+        conn.lmove(queue.key, queue.intermediate_queue_key)
+    except redis.exceptions.ResponseError as exc:
+        assert "unknown command" in str(exc).lower(), exc
+        with conn.pipeline() as pipe:
+            job_id = conn.lindex(queue.key, 0)
+            pipe.lpop(queue.key)
+            pipe.rpush(queue.intermediate_queue_key, job_id)  # type: ignore[arg-type]
+            pipe.execute()
+
+
 def _pop_and_die(queue: Queue, *others: Queue) -> str:
     """What RQ's worker does first with several queues (or on Redis < 6.2): LPOP the id,
     with no intermediate list. A worker killed right after it never writes again."""
@@ -366,7 +381,7 @@ def test_a_job_in_the_intermediate_list_is_never_withdrawn(dedup: Deduplicator, 
     which retries it whatever its status."""
     conn = queue.connection
     adm = dedup.enqueue("u", TASK, "i", retry=Retry(max=2))
-    conn.lmove(queue.key, queue.intermediate_queue_key)  # what Queue.lmove does on Redis >= 6.2
+    _dequeue_into_intermediate(conn, queue)
     queue._enqueue_job(Job.fetch(adm.job_id, connection=conn))  # RQ's retry pushes it again
     assert conn.lrange(queue.key, 0, -1) == [adm.job_id.encode()]
     answer = dedup.enqueue("u", TASK, "x", on_conflict="replace")
@@ -387,7 +402,7 @@ def test_rqs_intermediate_cleanup_retrying_a_stuck_job_keeps_the_key(dedup: Dedu
 
     conn = queue.connection
     adm = dedup.enqueue("u", "tests.tasks.fail", "s", retry=Retry(max=2, interval=3600))
-    conn.lmove(queue.key, queue.intermediate_queue_key)  # what Queue.lmove does on Redis >= 6.2
+    _dequeue_into_intermediate(conn, queue)
     seen: list[str] = []
     original = ScheduledJobRegistry.schedule
 

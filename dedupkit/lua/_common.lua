@@ -104,11 +104,29 @@ end
 -- - an id in the intermediate list: RQ's intermediate-queue cleanup fails or retries
 --   it, writing 'scheduled' before the registry entry, and takes the id off the list
 --   last. That list holds the ids workers of one queue dequeued and have not started.
+-- Is job_id in the list at key? LPOS, where the server has it (Redis 6.0.6+, Valkey). RQ
+-- allows Redis 5, which has no LPOS: there redis.pcall answers an error, and the list is
+-- read whole. That costs nothing on such a server, where RQ never fills the one list
+-- asked about (the intermediate list: RQ's workers LMOVE into it only on Redis 6.2+).
+-- Any other error (WRONGTYPE) is raised by LRANGE as it would be by LPOS.
+local function dk_in_list(key, job_id)
+  local pos = redis.pcall('LPOS', key, job_id)
+  if type(pos) ~= 'table' then
+    return pos ~= false
+  end
+  for _, id in ipairs(redis.call('LRANGE', key, 0, -1)) do
+    if id == job_id then
+      return true
+    end
+  end
+  return false
+end
+
 local function dk_unsettled(K, job_id, lease, retries_left)
   if (tonumber(retries_left) or 0) <= 0 then
     return false
   end
-  return lease == 'expired' or (K.intermediate ~= nil and redis.call('LPOS', K.intermediate, job_id) ~= false)
+  return lease == 'expired' or (K.intermediate ~= nil and dk_in_list(K.intermediate, job_id))
 end
 
 -- RQ's final statuses. 'created' is a job nothing has enqueued (RQ pushes no job
@@ -287,7 +305,7 @@ local function dk_withdraw(K, job_id, info, now, due_margin)
     -- fails or retries it whatever its status says: a withdrawn job would be revived
     -- (seen by the step matrix, retry k=80: RQ's cleanup had re-queued it while the id
     -- was still in the intermediate list). Leave it; and look there before the LREM.
-    if redis.call('LPOS', K.intermediate, job_id) then
+    if dk_in_list(K.intermediate, job_id) then
       return 'dequeued'
     end
     if redis.call('LREM', K.queue, 1, job_id) == 0 then

@@ -1,6 +1,8 @@
 -- adopt.lua: give pending jobs enqueued before dedupkit their key's slot (a one-off
--- migration, so jobs already queued keep counting). A slot whose pending holder is
--- another job is left alone and reported: that key had duplicates before dedupkit.
+-- migration, so jobs already queued keep counting; on RQ 3 also jobs waiting in a rate
+-- limit, status rate_limited, which dk_pending holds like queued ones). A slot whose
+-- pending holder is another job is left alone and reported: that key had duplicates
+-- before dedupkit.
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>
 -- KEYS[2]  gc zset          <ns>:gc:<q>
