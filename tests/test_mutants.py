@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import types
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import fakeredis
@@ -21,6 +22,8 @@ from rq.job import Job
 from dedupkit import Deduplicator, EnqueueRequest, JobState
 
 from . import rqstate
+from .servers import server_binary, server_version
+from .support import RedisServer
 
 TASK = "tests.tasks.work"
 T = 1_800_000_000.0  # the frozen server clock (RQ stores run times in whole seconds)
@@ -506,3 +509,48 @@ def test_at_front_goes_to_the_front_and_the_rest_to_the_back(dedup: Deduplicator
     b = dedup.enqueue("b", TASK, "x")
     c = dedup.enqueue("c", TASK, "x", at_front=True)
     assert [j.decode() for j in queue.connection.lrange(queue.key, 0, -1)] == [c.job_id, a.job_id, b.job_id]
+
+
+# -- dk_in_list without LPOS (Redis 5, which RQ allows) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lposless_server() -> Iterator[RedisServer]:
+    """A real server on which LPOS is an unknown command, as on Redis 5: renamed away on a newer
+    server, or the server itself when it predates LPOS (DEDUPKIT_SERVER=redis5.0)."""
+    binary = server_binary()
+    version = server_version(binary)
+    major = int(version.split()[1].split(".")[0]) if version.split()[1][:1].isdigit() else 99
+    server = RedisServer() if version.startswith("redis") and major < 6 else RedisServer("--rename-command", "LPOS", "")
+    yield server
+    server.close()
+
+
+@pytest.mark.real
+def test_without_lpos_an_id_in_the_intermediate_list_is_still_found(lposless_server: RedisServer) -> None:
+    """dk_in_list's LRANGE fallback: an id a worker has dequeued (in the intermediate list) is
+    never withdrawn by a replace or cancel, and with retries left it holds the key."""
+    from rq import Retry
+
+    from .test_windows import _dequeue_into_intermediate
+
+    conn = redis.Redis.from_url(lposless_server.url)
+    conn.flushall()
+    with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)unknown command"):
+        conn.execute_command("LPOS", "any", "x")
+    queue = Queue("test", connection=conn)
+    dedup = Deduplicator(queue)
+    adm = dedup.enqueue("u", TASK, "i", retry=Retry(max=2))
+    _dequeue_into_intermediate(conn, queue)
+    queue._enqueue_job(Job.fetch(adm.job_id, connection=conn))  # RQ's retry pushes it again
+    answer = dedup.enqueue("u", TASK, "x", on_conflict="replace")
+    assert not answer.admitted and answer.reason == "dequeued"
+    assert not dedup.cancel("u")
+    assert conn.lrange(queue.key, 0, -1) == [adm.job_id.encode()]
+    # Its hash says 'failed' now (as RQ's cleanup may write before it retries): only the
+    # intermediate list, read without LPOS, keeps the key held.
+    conn.lrem(queue.key, 0, adm.job_id)
+    conn.hset(f"rq:job:{adm.job_id}", "status", "failed")
+    assert dedup.status("u").job_id == adm.job_id
+    assert not dedup.enqueue("u", TASK, "y").admitted
+    conn.close()
