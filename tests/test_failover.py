@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from rq import Queue
 
-from dedupkit import InvalidRequestError
+from dedupkit import Deduplicator, InvalidRequestError
 from dedupkit.cli import main as cli_main
 from dedupkit.connection import redis_from_settings
 
@@ -92,7 +94,14 @@ def test_cli_reads_rq_settings_and_url_wins(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "dk_url_settings_13.py").write_text(f"REDIS_URL = {real_server.url!r}\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("REDIS_URL", raising=False)
+    conn = redis.Redis.from_url(real_server.url)
+    conn.flushall()
+    assert cli_main(["status", "q", "-c", "dk_url_settings_13"]) == 2  # read there: a queue RQ does not know
+    assert "unknown to RQ" in capsys.readouterr().err
+    Deduplicator(Queue("q", connection=conn)).enqueue("u", "tests.tasks.work")
+    conn.close()
     assert cli_main(["status", "q", "-c", "dk_url_settings_13", "--json"]) == 0
+    assert '"queued": 1' in capsys.readouterr().out
     # An explicit --url wins over the settings, as in RQ: here one nothing listens on.
     assert cli_main(["status", "q", "-c", "dk_url_settings_13", "--url", "redis://127.0.0.1:1/0"]) == 2
     assert "unavailable" in capsys.readouterr().err.lower()
