@@ -5,7 +5,12 @@ passing, RQ's scheduler promoting due jobs (driven step by step, with a cancel b
 its read and its write), a worker's two dequeue steps, success, failure, a worker killed
 hard (its heartbeat stops; the lease expires as time passes), cancel, RQ's own cancel of a
 running job (the horse runs on), an operator's sweep, a job hash deleted (its TTL ran out)
-and SCRIPT FLUSH. `make mutate-seeds` measures how often this model alone catches the
+and SCRIPT FLUSH. Targeted scenarios, each one rule that builds its own running holder
+(hypothesis turns a random subset of the rules off in each example, so sequences of four
+plain rules are rare): a holder dies (with a follow-up or not) and its key is triggered or
+swept; a holder with a follow-up ends; RQ cancels a running holder; a taken holder is
+cancelled or replaced; a run due soon is cancelled while RQ's scheduler promotes it.
+`make mutate-seeds` measures how often this model alone catches the
 state-machine mutants of dedupkit/lua/mutants.toml (issue 10).
 
 Time is the model's: "time passes by dt" moves every RQ score (scheduled run times,
@@ -67,6 +72,7 @@ class World(RuleBasedStateMachine):
         self.killed: set[str] = set()
         self.cancelled: set[str] = set()
         self.deleted: set[str] = set()
+        self.lost: set[str] = set()  # dequeued by a worker that died before starting them
 
     # -- RQ's view -------------------------------------------------------------------
 
@@ -123,8 +129,9 @@ class World(RuleBasedStateMachine):
             else:
                 assert not before, f"admitted {adm.job_id} beside {before}"
         else:
-            assert before, f"key {key} free in RQ but refused: {adm}"
-            assert adm.job_id in before
+            if not self._lost_holds(adm.job_id):
+                assert before, f"key {key} free in RQ but refused: {adm}"
+                assert adm.job_id in before
         self._no_follow_up_waits_behind_nothing(key)
 
     def _no_follow_up_waits_behind_nothing(self, key: str) -> None:
@@ -201,12 +208,7 @@ class World(RuleBasedStateMachine):
         self.trigger(key, "follow_up")
         self._check()
         follow = self.dedup.status(key).follow_up_job_id
-        job, execution = self.running.pop(job_id)
-        with self.conn.pipeline() as pipe:
-            job.set_status(JobStatus.FINISHED if success else JobStatus.FAILED, pipeline=pipe)
-            execution.delete(job, pipe)
-            pipe.execute()
-        self.queue.enqueue_dependents(job)
+        self._end(job_id, success)
         self._check()
         if follow is not None:  # RQ itself enqueued it: nothing waits for dedupkit's next call
             assert self.status_of(follow) == "queued", (follow, self.status_of(follow))
@@ -233,20 +235,29 @@ class World(RuleBasedStateMachine):
             self._check()
         self.trigger(key, "reject")
 
-    @rule(key=st.sampled_from(KEYS), started=st.booleans(), then=st.sampled_from(["cancel", "replace"]))
-    def holder_taken_then_cancelled_or_replaced(self, key: str, started: bool, then: str) -> None:
-        """Cancel or replace a holder a worker has taken: dequeued but not started, or
-        running with a follow-up waiting behind it (cancel takes the follow-up first)."""
-        job_id = self._take(key, start=started)
+    @rule(key=st.sampled_from(KEYS), taken=st.sampled_from(["started", "dequeued", "lost"]),
+          then=st.sampled_from(["cancel", "replace"]))
+    def holder_taken_then_cancelled_or_replaced(self, key: str, taken: str, then: str) -> None:
+        """Cancel or replace a holder a worker has taken: running with a follow-up waiting
+        behind it (cancel takes the follow-up first), dequeued but not started, or lost
+        with its worker (dequeued, never started: freed a due margin after the cancel)."""
+        job_id = self._take(key, start=taken == "started")
         if job_id is None:
             return
-        if started:
+        if taken == "started":
             self.trigger(key, "follow_up")
+            self._check()
+        elif taken == "lost":
+            self.dequeued.remove(job_id)
+            self.lost.add(job_id)
             self._check()
         if then == "cancel":
             self._cancel(key)
         else:
             self.trigger(key, "replace")
+        if taken == "lost":
+            self._check()
+            self.time_passes(61)  # past the mark's due margin
 
     @rule(key=st.sampled_from(KEYS), delay=st.sampled_from([20, 45]), skew=st.sampled_from([0, 30]))
     def scheduled_soon_and_cancelled_while_promoted(self, key: str, delay: int, skew: int) -> None:
@@ -284,6 +295,11 @@ class World(RuleBasedStateMachine):
         for zkey in (self.queue.scheduled_job_registry.key, self.queue.started_job_registry.key, *executions):
             for member, score in self.conn.zrange(zkey, 0, -1, withscores=True):
                 self.conn.zadd(zkey, {member: score - dt})
+        for job_id in self.lost:  # the adrift marks' times too (dk_lost)
+            mark = self.conn.hget(f"rq:job:{job_id}", "dedupkit_adrift")
+            if mark is not None:
+                since, _, lost_from = mark.decode().rpartition("|")
+                self.conn.hset(f"rq:job:{job_id}", "dedupkit_adrift", f"{since}|{float(lost_from) - dt}")
         now = time.time()
         for job_id, (_, execution) in self.running.items():  # live workers heartbeat meanwhile
             if job_id not in self.killed:
@@ -320,6 +336,25 @@ class World(RuleBasedStateMachine):
         assert job_id is not None
         self.dequeued.append(job_id.decode())
 
+    def _lost_holds(self, job_id: str | None) -> bool:
+        """Whether a lost job may still hold its key: RQ never runs it, but dedupkit holds it
+        as queued until a cancel or replace has marked it adrift and the mark's time (the
+        due margin later) has passed: "<enqueued_at>|<lost from>" (_common.lua dk_lost)."""
+        if job_id not in self.lost or self.status_of(job_id) != "queued":
+            return False
+        mark, enqueued_at = self.conn.hmget(f"rq:job:{job_id}", "dedupkit_adrift", "enqueued_at")
+        if mark is None:
+            return True
+        since, _, lost_from = mark.decode().rpartition("|")
+        return since != (enqueued_at or b"").decode() or float(lost_from) > time.time()
+
+    @precondition(lambda self: bool(self.dequeued))
+    @rule()
+    def worker_dies_after_dequeue(self) -> None:
+        """A worker pops an id and dies before starting it: with LPOP (no intermediate
+        list) nothing in RQ will ever run it; it stays 'queued'."""
+        self.lost.add(self.dequeued.pop(0))
+
     @precondition(lambda self: bool(self.dequeued))
     @rule()
     def worker_starts(self) -> None:
@@ -337,6 +372,9 @@ class World(RuleBasedStateMachine):
     @rule(success=st.booleans(), data=st.data())
     def worker_ends_job(self, success: bool, data: st.DataObject) -> None:
         job_id = data.draw(st.sampled_from(sorted(j for j in self.running if j not in self.killed)))
+        self._end(job_id, success)
+
+    def _end(self, job_id: str, success: bool) -> None:
         job, execution = self.running.pop(job_id)  # the worker's copy, even if the hash expired
         with self.conn.pipeline() as pipe:
             job.set_status(JobStatus.FINISHED if success else JobStatus.FAILED, pipeline=pipe)
@@ -409,6 +447,8 @@ class World(RuleBasedStateMachine):
             assert len(jobs) <= 1, f"key {key} has {len(jobs)} jobs RQ would run: {jobs}"
             assert len(follow) <= 1, f"key {key} has {len(follow)} follow-ups: {follow}"
             status = self.dedup.status(key)
+            if not (jobs or follow) and self._lost_holds(status.job_id):
+                continue  # a lost job holds its key until its adrift mark's time (README)
             assert status.pending == bool(jobs or follow), f"{key}: status {status} but RQ holds {jobs} {follow}"
             if jobs:
                 assert status.job_id in jobs
