@@ -126,6 +126,8 @@ class World(RuleBasedStateMachine):
                 assert adm.replaced in before
             elif adm.follow_up_of:
                 assert before == {adm.follow_up_of}
+                # README: a follow-up waits only behind a running holder (else not_running).
+                assert adm.follow_up_of in self.running, f"follow-up behind {adm.follow_up_of}, not running"
             else:
                 assert not before, f"admitted {adm.job_id} beside {before}"
         else:
