@@ -311,6 +311,7 @@ def score(results: list[Result]) -> tuple[int, int]:
 
 def seeds_report(mutants: list[Mutant], seeds: int, model: str, jobs: int) -> None:
     """Kill rate of the model alone, per mutant, over hypothesis seeds 0..seeds-1."""
+    started = time.monotonic()
     copies = [Path(tempfile.mkdtemp(prefix=f"dedupkit-mutate-seeds-{i}-")) for i in range(max(1, jobs))]
     free = list(copies)
     lock = threading.Lock()
@@ -331,11 +332,11 @@ def seeds_report(mutants: list[Mutant], seeds: int, model: str, jobs: int) -> No
         return m, kills, time.monotonic() - started
 
     pool = ThreadPoolExecutor(max_workers=len(copies))
-    total = 0
+    rows: list[tuple[Mutant, int, float]] = []
     try:
         for m, kills, seconds in pool.map(one, mutants):
-            total += kills
-            print(f"{m.id:40} killed under {kills}/{seeds} seeds  [{seconds:.0f}s]", flush=True)
+            rows.append((m, kills, seconds))
+            print(f"  {m.id}: killed under {kills}/{seeds} seeds [{seconds:.0f}s]", file=sys.stderr, flush=True)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in list(_running):
@@ -343,7 +344,24 @@ def seeds_report(mutants: list[Mutant], seeds: int, model: str, jobs: int) -> No
         for c in copies:
             _reap(c)
             shutil.rmtree(c, ignore_errors=True)
-    print(f"model kill rate: {total}/{seeds * len(mutants)} (mutant x seed runs of {model})")
+    print(seeds_table(rows, seeds))
+    print(f"({time.monotonic() - started:.0f} s, {jobs} job(s))")
+    print(seeds_summary(rows, seeds, model))
+
+
+def seeds_table(rows: list[tuple[Mutant, int, float]], seeds: int) -> str:
+    """One line per mutant: id, file, kills/seeds, the time its seed runs took."""
+    lines = [("id", "file", f"kills/{seeds}", "seconds")]
+    lines += [(m.id, m.file, f"{kills}/{seeds}", f"{seconds:.0f}") for m, kills, seconds in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+def seeds_summary(rows: list[tuple[Mutant, int, float]], seeds: int, model: str) -> str:
+    total = sum(kills for _, kills, _ in rows)
+    every = sum(kills == seeds for _, kills, _ in rows)
+    return (f"model kill rate: {total}/{seeds * len(rows)} mutant x seed runs; {every}/{len(rows)} mutants "
+            f"killed under every seed ({model})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
