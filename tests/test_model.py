@@ -419,7 +419,11 @@ class World(RuleBasedStateMachine):
         """cancel(key) takes a waiting follow-up first, else the holder."""
         before = self.dedup.status(key)
         target = before.follow_up_job_id or before.job_id
-        if self.dedup.cancel(key):
+        # A follow-up RQ still defers can always be withdrawn (nothing has taken it yet).
+        must = before.follow_up_job_id is not None and self.status_of(before.follow_up_job_id) == "deferred"
+        cancelled = self.dedup.cancel(key)
+        assert cancelled or not must, f"cancel({key}) refused while follow-up {before.follow_up_job_id} waits"
+        if cancelled:
             assert target is not None
             self.cancelled.add(target)
             assert self.status_of(target) == "canceled"
