@@ -36,7 +36,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 
 from dedupkit import Deduplicator, EnqueueRequest
-from dedupkit.keys import decode_key
+from dedupkit.keys import decode_key, encode_key
 
 from . import rqstate
 from .support import RedisServer
@@ -423,8 +423,12 @@ class World(RuleBasedStateMachine):
         must = before.follow_up_job_id is not None and self.status_of(before.follow_up_job_id) == "deferred"
         cancelled = self.dedup.cancel(key)
         assert cancelled or not must, f"cancel({key}) refused while follow-up {before.follow_up_job_id} waits"
+        if cancelled and target == before.job_id:  # the holder itself: its slot is freed, not left to gc
+            assert not self.conn.hexists(self.dedup.keys.slots, encode_key(key)), f"{key}'s slot kept after cancel"
         if cancelled:
             assert target is not None
+            # RQ's scheduler promotes whatever id its registry holds, whatever the status.
+            assert self.conn.zscore(self.queue.scheduled_job_registry.key, target) is None, f"{target} still scheduled"
             self.cancelled.add(target)
             assert self.status_of(target) == "canceled"
             assert target not in self.runnable()[key] | self.waiting()[key]
