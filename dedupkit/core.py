@@ -107,16 +107,15 @@ class DedupCore:
         limited = [p for p in batch if p.rate_limit is not None]
         if limited:
             yield Blocking(lambda conn: _register_rate_limits(conn, limited))
-        if not self.min_replicas:
-            replies = protocol.admit_replies((yield Script(call.contract, keys, args)))
-            admissions = [to_admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
-        else:
-            # The script and WAIT pipelined: still one round trip.
-            wait = (self.min_replicas, max(1, round(self.replica_timeout * 1000)))
-            raw, replicas = yield Script(call.contract, keys, args, wait=wait)
-            replies = protocol.admit_replies(raw)
-            admissions = self._confirmed([to_admission(p, reply) for p, reply in zip(batch, replies, strict=True)],
-                                         replicas)
+        # With min_replicas, the script and WAIT pipelined: still one round trip.
+        wait = (self.min_replicas, max(1, round(self.replica_timeout * 1000))) if self.min_replicas else None
+        raw = yield Script(call.contract, keys, args, wait=wait)
+        if wait is not None:
+            raw, replicas = raw
+        replies = protocol.admit_replies(raw)
+        admissions = [to_admission(p, reply) for p, reply in zip(batch, replies, strict=True)]
+        if wait is not None:
+            admissions = self._confirmed(admissions, replicas)
         _raise_refusal(admissions)
         if limited:
             admissions = yield Blocking(lambda conn: _acquire_rate_limits(conn, batch, admissions))
