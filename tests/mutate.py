@@ -266,12 +266,7 @@ def run_all(lst: MutantList, mutants: list[Mutant], jobs: int, run_equivalent: b
         for r in pool.map(one, todo):
             results[r.mutant.id] = r
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(_running):
-            _stop(proc)
-        for c in copies:
-            _reap(c)
-            shutil.rmtree(c, ignore_errors=True)
+        _shut_down(pool, copies)
     return [results[m.id] for m in mutants]
 
 
@@ -279,6 +274,16 @@ def run_all(lst: MutantList, mutants: list[Mutant], jobs: int, run_equivalent: b
 # so a mutant is usually killed in one short pytest run. Only an order: a hint that no
 # longer kills is followed by every phase as usual.
 HINTS = ROOT / ".mutate-killers.json"
+
+
+def _shut_down(pool: ThreadPoolExecutor, copies: Sequence[Path]) -> None:
+    """Stop the pool, our pytest runs and their rq workers, and remove the copies."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list(_running):
+        _stop(proc)
+    for c in copies:
+        _reap(c)
+        shutil.rmtree(c, ignore_errors=True)
 
 
 def _load_hints() -> dict[str, str]:
@@ -338,12 +343,7 @@ def seeds_report(mutants: list[Mutant], seeds: int, model: str, jobs: int) -> No
             rows.append((m, kills, seconds))
             print(f"  {m.id}: killed under {kills}/{seeds} seeds [{seconds:.0f}s]", file=sys.stderr, flush=True)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(_running):
-            _stop(proc)
-        for c in copies:
-            _reap(c)
-            shutil.rmtree(c, ignore_errors=True)
+        _shut_down(pool, copies)
     print(seeds_table(rows, seeds))
     print(f"({time.monotonic() - started:.0f} s, {jobs} job(s))")
     print(seeds_summary(rows, seeds, model))
