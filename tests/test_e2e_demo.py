@@ -80,7 +80,10 @@ def test_demo_serves_runs_a_job_conflicts_and_stops_on_ctrl_c(tmp_path: Path, re
         assert len(pids) == (3 if redis_kind == "embedded" else 2)  # worker, scheduler (and valkey-server)
 
         client = Client(url)
-        assert client.login("alice", "pw-demo") == 200
+        try:
+            assert client.login("alice", "pw-demo") == 200
+        except (AssertionError, RuntimeError) as exc:  # say what the demo printed, not only the status
+            raise AssertionError(f"{exc}\nthe demo printed:\n{''.join(output)}") from exc
         first, second = client.trigger(), client.trigger()
         assert first[0] == 202 and second[0] == 409, (first, second)
         assert second[1]["job_status"]["job_id"] == first[1]["job_id"]  # type: ignore[index]

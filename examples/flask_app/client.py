@@ -37,7 +37,7 @@ class Client:
         status, page = self._open(urllib.request.Request(f"{self.base_url}/login"))
         match = _FORM_TOKEN.search(page)
         if status != 200 or not match:
-            raise RuntimeError(f"login page: HTTP {status}")
+            raise RuntimeError(f"login page {self.base_url}/login: HTTP {status}: {page[:300]!r}")
         body = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": match.group(1)})
         status, page = self._open(urllib.request.Request(f"{self.base_url}/login", data=body.encode(), method="POST"))
         meta = _META_TOKEN.search(page)
