@@ -182,7 +182,8 @@ def register(func: Callable[..., Any], queue_name: str, args: tuple[Any, ...] | 
 
     Returns the DedupCronJob. Raises InvalidRequestError (no scheduler to add to, ``key``
     with ``per_args``, arguments that are not JSON, a function a worker cannot import),
-    InvalidKeyError (a bad or too long key), and what RQ's CronJob raises for bad
+    InvalidKeyError (a bad or too long key), InvalidRequestError or ValueError for a bad
+    ``namespace`` or ``job_id_prefix``, and what RQ's CronJob raises for bad
     schedules (ValueError: both or neither of ``interval`` and ``cron``).
     """
     if not callable(func) or isinstance(func, str):
@@ -204,6 +205,7 @@ def register(func: Callable[..., Any], queue_name: str, args: tuple[Any, ...] | 
     job = DedupCronJob(queue_name, func, key=_key_for(job_name, key, per_args, args, kwargs), name=job_name,
                        namespace=namespace, job_id_prefix=job_id_prefix, allow_eviction=allow_eviction,
                        log=target.log.getChild("dedupkit"), **options)
+    job.deduplicator(target.connection)  # a bad namespace or job id prefix fails here, not at the first tick
     jobs = target.get_jobs()
     jobs.append(job)
     if job not in target.get_jobs():  # a CronScheduler whose get_jobs() is a copy would drop it silently
