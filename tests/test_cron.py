@@ -2,7 +2,8 @@
 
 In-process: RQ's own CronScheduler loads a config file and ticks by hand (fakeredis and a
 real server). As real processes: ``rq cron`` with a config file, real ``rq worker``s and a
-real redis-server; a job that runs longer than its interval never overlaps itself, judged
+real redis-server, two ``rq cron`` processes on one config; a job that runs longer than its
+interval never overlaps itself, judged
 from RQ's job hashes and the job's own start/end log, while RQ's own cron job of the same
 function in the same file does overlap.
 """
