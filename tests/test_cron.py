@@ -29,7 +29,7 @@ from rq import Queue, SimpleWorker
 from rq.cron import CronJob, CronScheduler
 from rq.job import Job, JobStatus
 
-from dedupkit import InvalidKeyError, InvalidRequestError
+from dedupkit import Deduplicator, InvalidKeyError, InvalidRequestError
 from dedupkit import cron as dcron
 from dedupkit.cli import main
 from dedupkit.cron import DedupCronJob
@@ -159,6 +159,7 @@ def test_a_tick_is_skipped_logged_and_counted_while_the_run_is_pending(
         in skips[0]
     assert dcron.counts(queue) == {"dedup-run": {"admitted": 1, "skipped": 2},
                                    "tests.tasks.work": {"admitted": 2, "skipped": 4}}
+    assert Deduplicator(queue).stats()["conflict"] == 6  # a skip is the admission's conflict
 
     # Once the run ends, the next tick is admitted again.
     SimpleWorker([queue], connection=conn).work(burst=True)
@@ -173,7 +174,6 @@ def test_a_tick_is_skipped_logged_and_counted_while_the_run_is_pending(
 
 def test_counts_reach_the_metrics(fake_redis: redis.Redis, tmp_path: Path) -> None:
     parser = pytest.importorskip("prometheus_client.parser")  # the metrics extra (not in .venv-rq2)
-    from dedupkit import Deduplicator
     from dedupkit.metrics import prometheus_text
 
     scheduler = loaded(fake_redis, write_config(tmp_path, CONFIG))
