@@ -56,7 +56,7 @@ from rq.job import Job
 
 from . import callables
 from .deduplicator import Deduplicator
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, RedisUnavailableError
 from .keys import Key, cron_counts_key, normalize_key
 from .models import Admission
 from .scripts import redis_errors
@@ -134,14 +134,21 @@ class DedupCronJob(CronJob):
                       self.key)
         return job
 
+    # The tick is decided once the admission returns; the two writes below only report it.
+    # Redis failing them (a blip between two round trips) is logged, not raised: raising
+    # would end ``rq cron`` over a run that was admitted and will run.
+
     def _count(self, dedup: Deduplicator, admission: Admission) -> None:
         outcome = "admitted" if admission.admitted else "skipped"
         if admission.admitted:
             self.admitted += 1
         else:
             self.skipped += 1
-        with redis_errors():
-            dedup.connection.hincrby(cron_counts_key(dedup.queue, self.namespace), f"{outcome}:{self.name}", 1)
+        try:
+            with redis_errors():
+                dedup.connection.hincrby(cron_counts_key(dedup.queue, self.namespace), f"{outcome}:{self.name}", 1)
+        except RedisUnavailableError as exc:
+            self.log.warning("Could not count the %s tick of cron job %s in Redis: %s", outcome, self.name, exc)
 
     def _record_history(self, connection: Redis, job: Job) -> None:
         """On RQ 3, record the run where RQ's cron records its own (``CronJob.get_job_ids``,
@@ -149,12 +156,15 @@ class DedupCronJob(CronJob):
         if _cron_job_registry is None or job.enqueued_at is None:
             return
         stamp = job.enqueued_at.timestamp()
-        with redis_errors(), connection.pipeline() as pipe:
-            pipe.zadd(self.job_history_key, {job.id: stamp})
-            pipe.zremrangebyrank(self.job_history_key, 0, -(_HISTORY_LIMIT + 1))
-            pipe.expire(self.job_history_key, _HISTORY_TTL)
-            _cron_job_registry.add(self.name, pipe, enqueue_timestamp=stamp)
-            pipe.execute()
+        try:
+            with redis_errors(), connection.pipeline() as pipe:
+                pipe.zadd(self.job_history_key, {job.id: stamp})
+                pipe.zremrangebyrank(self.job_history_key, 0, -(_HISTORY_LIMIT + 1))
+                pipe.expire(self.job_history_key, _HISTORY_TTL)
+                _cron_job_registry.add(self.name, pipe, enqueue_timestamp=stamp)
+                pipe.execute()
+        except RedisUnavailableError as exc:
+            self.log.warning("Could not record job %s in RQ's history of cron job %s: %s", job.id, self.name, exc)
 
     def to_dict(self) -> dict[str, Any]:
         """RQ's monitoring record of this cron job, with its dedup key."""

@@ -10,6 +10,7 @@ function in the same file does overlap.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -172,6 +173,25 @@ def test_a_tick_is_skipped_logged_and_counted_while_the_run_is_pending(
         assert dedup_job.get_job_ids(conn) == [again.job_id, first.job_id]
 
 
+def test_redis_failing_the_count_after_the_admission_is_logged_not_raised(
+        fake_redis: redis.Redis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    scheduler = CronScheduler(connection=fake_redis)
+    job = dcron.register(step_work, "cronq", args=("x", 0), interval=5, scheduler=scheduler, name="blip")
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise redis.exceptions.ConnectionError("connection lost")
+
+    monkeypatch.setattr(fake_redis, "hincrby", down)
+    monkeypatch.setattr(fake_redis, "pipeline", down)  # RQ 3's history write
+    with caplog.at_level(logging.WARNING, logger="rq.cron"):
+        admitted = job.enqueue(fake_redis)
+    assert admitted is not None and admitted.get_status() == JobStatus.QUEUED  # the run stands
+    assert job.admitted == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("Could not count the admitted tick of cron job blip" in w for w in warnings)
+    assert any(f"Could not record job {admitted.id}" in w for w in warnings) == RQ3
+
+
 def test_counts_reach_the_metrics(fake_redis: redis.Redis, tmp_path: Path) -> None:
     parser = pytest.importorskip("prometheus_client.parser")  # the metrics extra (not in .venv-rq2)
     from dedupkit.metrics import prometheus_text
@@ -231,9 +251,10 @@ def _runs(conn: redis.Redis, tag: str) -> list[tuple[str, float, float]]:
 
 
 def _overlaps(intervals: list[tuple[str, Any, Any]]) -> list[tuple[str, str]]:
-    """Pairs of runs whose [start, end] intervals overlap (each run against the next)."""
+    """Pairs of runs whose [start, end] intervals overlap, each run against the next by start
+    (none there means none at all: each ends before the next starts)."""
     ordered = sorted(intervals, key=lambda r: r[1])
-    return [(a[0], b[0]) for a, b in zip(ordered, ordered[1:], strict=False) if b[1] < a[2]]
+    return [(a[0], b[0]) for a, b in itertools.pairwise(ordered) if b[1] < a[2]]
 
 
 def _rq_intervals(conn: redis.Redis, job_ids: list[str]) -> list[tuple[str, datetime, datetime]]:
