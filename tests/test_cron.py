@@ -280,6 +280,9 @@ def test_rq_cron_process_never_overlaps_a_long_job(real_server: RedisServer, rea
         crons = [subprocess.Popen([RQ_BIN, "cron", "-u", real_server.url, "--path", str(ROOT), config], cwd=ROOT,
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                  for log in logs]
+        # The clock starts once both have loaded the config (imports take seconds on a busy machine).
+        wait_for(lambda: all("registering birth" in Path(log.name).read_text() for log in logs), 60,
+                 what="both rq cron processes to start")
         time.sleep(run_for)
         for proc, log in zip(crons, logs, strict=True):
             assert proc.poll() is None, Path(log.name).read_text()
