@@ -136,6 +136,16 @@ def test_rq_rejects_a_schedule_as_for_its_own_jobs(fake_redis: redis.Redis) -> N
     assert job.cron == "*/5 * * * *" and job.next_enqueue_time is not None
 
 
+def test_the_counts_key_joins_rqs_hash_tag(fake_redis: redis.Redis) -> None:
+    from dedupkit.keys import cron_counts_key
+
+    class TaggedQueue(Queue):  # what RQ 3 names under RQ_KEY_PREFIX={rq} (read at import)
+        redis_queue_namespace_prefix = "{rq}:queue:"
+
+    assert cron_counts_key(Queue("q", connection=fake_redis), "dedupkit") == "dedupkit:cron:q"
+    assert cron_counts_key(TaggedQueue("q", connection=fake_redis), "ns") == "{rq}:ns:cron:q"
+
+
 # -- ticks, in-process ---------------------------------------------------------------------
 
 def test_a_tick_is_skipped_logged_and_counted_while_the_run_is_pending(
