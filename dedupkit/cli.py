@@ -8,6 +8,7 @@
     dedupkit sweep QUEUE             delete slots of ended jobs, in small batches
     dedupkit adopt QUEUE --id-pattern 'email_process_{key}_*'   one-off migration
     dedupkit requeue QUEUE [JOB_ID ...] [--all]   failed jobs back through admission
+    dedupkit cron QUEUE              ticks of dedupkit.cron jobs admitted and skipped, per cron job
 
 Every command but ``scheduler`` takes ``--url`` (default ``$REDIS_URL``, then
 redis://127.0.0.1:6379/0), ``--namespace`` and ``--json``. Every command takes
@@ -263,6 +264,16 @@ def _run_requeue(args: argparse.Namespace) -> int:
     return 0 if counts["admitted"] == len(results) else 1
 
 
+def _run_cron(args: argparse.Namespace) -> int:
+    from .cron import counts  # imports rq.cron (croniter) only for this command
+
+    table = counts(_dedup(args).queue, namespace=args.namespace)
+    lines = [f"{'CRON JOB':<48} {'ADMITTED':>9} {'SKIPPED':>8}"]
+    lines += [f"{name[:48]:<48} {c['admitted']:>9} {c['skipped']:>8}" for name, c in table.items()]
+    _emit(args, table, lines if table else ["no dedupkit.cron ticks on this queue yet"])
+    return 0
+
+
 def _config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default=None, metavar="MODULE",
                    help="RQ settings module (as `rq worker -c`): REDIS_URL, or a SENTINEL dict")
@@ -319,6 +330,10 @@ def _add_operator_commands(sub: Any) -> None:
     p.add_argument("--allow-eviction", action="store_true",
                    help="admit even if Redis's maxmemory-policy may evict keys")
     p.set_defaults(handler=_run_requeue)
+
+    p = sub.add_parser("cron", help="ticks of dedupkit.cron jobs admitted and skipped (a pending run), per cron job")
+    _common(p)
+    p.set_defaults(handler=_run_cron)
 
 
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_scheduler, _add_operator_commands)

@@ -37,7 +37,8 @@ RateLimit: Any = getattr(_rate_limit, "RateLimit", None)
 RateLimitRegistry: Any = getattr(_rate_limit, "RateLimitRegistry", None)
 
 __all__ = [
-    "MAX_KEY_BYTES", "Key", "KeySpace", "RateLimit", "RateLimitRegistry", "decode_key", "encode_key",
+    "MAX_KEY_BYTES", "Key", "KeySpace", "RateLimit", "RateLimitRegistry", "cron_counts_key", "decode_key",
+    "encode_key",
     "generate_job_id", "hash_tag", "normalize_key", "parse_job_id", "scheduler_lease_key", "validate_prefix",
 ]
 
@@ -66,12 +67,7 @@ class KeySpace:
 
     @classmethod
     def for_queue(cls, queue: Queue, namespace: str) -> KeySpace:
-        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in " {}\n"):
-            raise InvalidRequestError(f"namespace {namespace!r} must be a non-empty string without spaces or braces")
-        # RQ 3's RQ_KEY_PREFIX may carry a Redis Cluster hash tag ("{rq}"): every RQ key is
-        # then in one slot, and dedupkit's keys join it, since each script touches both.
-        tag = hash_tag(queue.redis_queue_namespace_prefix)
-        base = f"{tag}:{namespace}" if tag else namespace
+        base = namespace_base(queue, namespace)
         return cls(
             slots=f"{base}:slots:{queue.name}",
             gc=f"{base}:gc:{queue.name}",
@@ -95,6 +91,21 @@ class KeySpace:
 
     def job_key(self, job_id: str) -> str:
         return self.job_prefix + job_id
+
+
+def cron_counts_key(queue: Queue, namespace: str) -> str:
+    """Hash of ``dedupkit.cron``'s tick counters on ``queue``: "<outcome>:<cron job name>" -> count."""
+    return f"{namespace_base(queue, namespace)}:cron:{queue.name}"
+
+
+def namespace_base(queue: Queue, namespace: str) -> str:
+    """The prefix of dedupkit's keys for ``queue``: ``namespace``, behind RQ's hash tag if it has one."""
+    if not isinstance(namespace, str) or not namespace or any(c in namespace for c in " {}\n"):
+        raise InvalidRequestError(f"namespace {namespace!r} must be a non-empty string without spaces or braces")
+    # RQ 3's RQ_KEY_PREFIX may carry a Redis Cluster hash tag ("{rq}"): every RQ key is
+    # then in one slot, and dedupkit's keys join it, since each script touches both.
+    tag = hash_tag(queue.redis_queue_namespace_prefix)
+    return f"{tag}:{namespace}" if tag else namespace
 
 
 def hash_tag(key: str) -> str:

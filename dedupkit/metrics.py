@@ -11,7 +11,9 @@ rate limits in use, the jobs waiting in them are read once per scrape (a rate li
 queues, so each waiting job's ``origin`` is read: see ``sizes.py``).
 ``dedupkit_slots`` counts occupied slot fields, including slots of ended jobs that gc has
 not collected yet; it is an upper bound of keys with a pending job, and the exact pending
-numbers are RQ's own sizes in ``dedupkit_rq_jobs``.
+numbers are RQ's own sizes in ``dedupkit_rq_jobs``. ``dedupkit_cron_ticks`` counts the ticks of
+``dedupkit.cron`` jobs admitted and skipped (their previous run still pending), per cron job:
+one more HGETALL per queue.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ except ImportError as exc:  # the optional extra is not installed
         f"dedupkit.metrics needs prometheus_client ({exc}): install the metrics extra, "
         "pip install \"rq-dedupkit[metrics]\"", name=exc.name) from exc
 
+from .cron import OUTCOMES as CRON_OUTCOMES
+from .cron import counts as cron_counts
 from .deduplicator import Deduplicator
 from .sizes import PENDING_STATES, queue_sizes
 
@@ -50,6 +54,8 @@ class DedupkitCollector(Collector):
                                        labels=["queue"])
         rq_jobs = GaugeMetricFamily("dedupkit_rq_jobs", "RQ jobs by state, from RQ's queue and registries",
                                     labels=["queue", "state"])
+        cron_ticks = CounterMetricFamily("dedupkit_cron_ticks", "Ticks of dedupkit.cron jobs, admitted or skipped "
+                                         "(the previous run still pending)", labels=["queue", "cron_job", "outcome"])
         for dedup, sizes in zip(self.deduplicators, queue_sizes(self.deduplicators), strict=True):
             name = dedup.queue.name
             counts = dedup.stats()
@@ -59,7 +65,10 @@ class DedupkitCollector(Collector):
             follow_ups.add_metric([name], sizes["follow_ups"])
             for state in PENDING_STATES:
                 rq_jobs.add_metric([name, state], sizes[state])
-        yield from (decisions, slots, follow_ups, rq_jobs)
+            for cron_job, ticks in cron_counts(dedup.queue, namespace=dedup.namespace).items():
+                for outcome in CRON_OUTCOMES:
+                    cron_ticks.add_metric([name, cron_job, outcome], ticks[outcome])
+        yield from (decisions, slots, follow_ups, rq_jobs, cron_ticks)
 
 
 def prometheus_text(deduplicators: Iterable[Deduplicator]) -> bytes:
