@@ -56,6 +56,8 @@ def encode_key(key: object) -> str:
     ("a_b" -> "a-5fb", "a/b" -> "a-2fb", "a:b" -> "a-3ab").
     """
     raw = normalize_key(key).encode("utf-8")
+    if raw.isalnum():  # bytes.isalnum: ASCII letters and digits only, which stay as they are
+        return raw.decode("ascii")
     return "".join(chr(b) if b in _SAFE else f"-{b:02x}" for b in raw)
 
 
