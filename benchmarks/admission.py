@@ -10,6 +10,8 @@ Variants, interleaved (the order rotates every repetition), each block on an emp
                 its scan grows with the queue, which fills from 0 to n during a block
   evalsha_floor a trivial script (``return 1``) through the same redis-py client: the floor
   evalsha_args  the same trivial script sent dedupkit's full KEYS/ARGV payload
+  dedupkit_pure_py, rq_pure_py  dedupkit and plain RQ again through a redis-py client that
+                encodes and parses in Python (hiredis, a dependency, is bypassed): its gain
 Requests per admission are counted with MONITOR (commands tagged "lua" apart) and round
 trips by counting socket writes. Where dedupkit's time goes: a split of one enqueue (Python
 job building, encoding the request, round trip and Redis server time, reply parsing) and
@@ -34,14 +36,17 @@ from . import _common as c
 from .jobs import process
 from .naive import naive_enqueue
 
-VARIANTS = ("dedupkit", "rq", "rq_unique", "naive", "evalsha_floor", "evalsha_args")
+VARIANTS = ("dedupkit", "rq", "rq_unique", "naive", "evalsha_floor", "evalsha_args", "dedupkit_pure_py",
+            "rq_pure_py")
 
 
 class Bench:
-    def __init__(self, conn: redis.Redis) -> None:
+    def __init__(self, conn: redis.Redis, pure_py: redis.Redis) -> None:
         self.conn = conn
         self.queue = Queue("bench", connection=conn)
         self.dedup = Deduplicator(self.queue)
+        self.pure_queue = Queue("bench", connection=pure_py)
+        self.pure_dedup = Deduplicator(self.pure_queue)
         self.floor = conn.register_script("return 1")
         prepared = self.dedup._prepare(_request("payload", 0))
         k = self.dedup.keys
@@ -54,13 +59,13 @@ class Bench:
     def op(self, variant: str) -> Callable[[], object]:
         q, d = self.queue, self.dedup
 
-        def dedupkit() -> object:
+        def dedupkit(d: Deduplicator = d) -> object:
             self.seq += 1
             admission = d.enqueue(f"user{self.seq}", process, self.seq)
             assert admission.admitted
             return admission
 
-        def rq() -> object:
+        def rq(q: Queue = q) -> object:
             self.seq += 1
             return q.enqueue(process, self.seq)
 
@@ -81,7 +86,9 @@ class Bench:
             return self.floor(keys=self.payload_keys, args=self.payload_args)
 
         return {"dedupkit": dedupkit, "rq": rq, "rq_unique": rq_unique, "naive": naive,
-                "evalsha_floor": evalsha_floor, "evalsha_args": evalsha_args}[variant]
+                "evalsha_floor": evalsha_floor, "evalsha_args": evalsha_args,
+                "dedupkit_pure_py": lambda: dedupkit(self.pure_dedup), "rq_pure_py": lambda: rq(self.pure_queue),
+                }[variant]
 
 
 def _request(key: str, i: int) -> Any:
@@ -183,8 +190,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reps = c.repeats(args)
     with c.redis_url(args) as url:
         client = c.counting_client(url)
+        pure_py = c.counting_client(url, pure_python=True)
         client.flushdb()
-        bench = Bench(client)
+        bench = Bench(client, pure_py)
         machine = c.machine(client)
 
         # Requests per admission, counted once per variant after a warm-up.
@@ -209,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         profile = profile_dedupkit(bench, min(n, 1000))
         client.flushdb()
         client.close()
+        pure_py.close()
 
     summary = {v: {m: c.spread([r[m] for r in runs[v]]) for m in ("ops_s", "p50_us", "p99_us")} for v in VARIANTS}
     med = {v: {m: summary[v][m]["median"] for m in ("ops_s", "p50_us", "p99_us")} for v in VARIANTS}
@@ -221,6 +230,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dedupkit_p50_vs_floor_median": c.ratio(med["dedupkit"]["p50_us"], med["evalsha_floor"]["p50_us"]),
         "dedupkit_p50_vs_floor_best": c.ratio(best["dedupkit"]["p50_us"], best["evalsha_floor"]["p50_us"]),
         "evalsha_args_p50_vs_floor_median": c.ratio(med["evalsha_args"]["p50_us"], med["evalsha_floor"]["p50_us"]),
+        "dedupkit_hiredis_vs_pure_py_throughput_median": c.ratio(med["dedupkit"]["ops_s"],
+                                                                  med["dedupkit_pure_py"]["ops_s"]),
+        "rq_hiredis_vs_pure_py_throughput_median": c.ratio(med["rq"]["ops_s"], med["rq_pure_py"]["ops_s"]),
+        "dedupkit_vs_rq_both_pure_py_throughput_median": c.ratio(med["dedupkit_pure_py"]["ops_s"],
+                                                                  med["rq_pure_py"]["ops_s"]),
     }
     split = {m: c.spread([s[m] for s in splits]) for m in splits[0]}
     targets = {
