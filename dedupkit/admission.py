@@ -16,6 +16,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 
 from . import callables
+from .encoding import job_id_of
 from .errors import (
     DedupkitError,
     InvalidRequestError,
@@ -23,7 +24,7 @@ from .errors import (
     NaiveDatetimeError,
     ScriptError,
 )
-from .keys import RateLimit, RateLimitRegistry, encode_key, generate_job_id, normalize_key
+from .keys import RateLimit, RateLimitRegistry, encode_key, normalize_key
 from .models import Admission, EnqueueRequest, JobState, OnConflict, SlotStatus
 from .protocol import AdmitReply
 
@@ -58,10 +59,13 @@ class Prepared:
                 *self.pairs]
 
 
+_POLICIES: dict[object, OnConflict] = {p.value: p for p in OnConflict}
+
+
 def policy_of(value: object) -> OnConflict:
     """``on_conflict`` as an OnConflict; the plain strings callers pass are accepted."""
-    if isinstance(value, str) and value in OnConflict.__members__.values():
-        return OnConflict(value)
+    if isinstance(value, str) and value in _POLICIES:
+        return _POLICIES[value]
     choices = ", ".join(p.value for p in OnConflict)
     raise InvalidRequestError(f"on_conflict must be one of {choices}, not {value!r}")
 
@@ -117,7 +121,7 @@ def prepare(core: DedupCore, request: EnqueueRequest) -> Prepared:
         parsed = Queue.parse_args(request.func, *request.args, **options)
     except (ValueError, AssertionError) as exc:
         raise InvalidRequestError(str(exc)) from exc
-    job_id = generate_job_id(key, prefix=core.job_id_prefix)
+    job_id = job_id_of(core.job_id_prefix, field)  # the prefix was checked by the core
     scheduled = request.at is not None
     try:
         shape = shape_of(parsed, scheduled, rate_limit, policy)
@@ -183,23 +187,23 @@ def _create_job(queue: Queue, parsed: Any, job_id: str, scheduled: bool, rate_li
 # RQ options whose values a template may be keyed on: plain immutable values. A request
 # with any other option set (meta, retry, repeat, callbacks, webhooks, rate_limit: objects
 # a caller may mutate between calls) builds its job with RQ's create_job every time.
-_PLAIN = (str, int, float, type(None))
-_SHAPED_OPTIONS = ("timeout", "description", "result_ttl", "ttl", "failure_ttl")
-_UNSHAPED_OPTIONS = ("meta", "retry", "repeat", "on_success", "on_failure", "on_stopped", "webhooks")
+_PLAIN = frozenset({str, int, float, type(None)})
 
 
 def shape_of(parsed: Any, scheduled: bool, rate_limit: Any, policy: OnConflict) -> tuple[Any, ...] | None:
     """What the job hash of ``parsed`` depends on besides its id, arguments and times, as a
     hashable key; None when the request does not fit a template (see ``JobTemplate``)."""
     func = parsed.func
-    if rate_limit is not None or not (isinstance(func, str) or type(func) is types.FunctionType):
+    if rate_limit is not None or not (type(func) is str or type(func) is types.FunctionType):
         return None
     if type(parsed.args) not in (tuple, list) or type(parsed.kwargs) not in (dict, type(None)):
         return None
-    values = tuple(getattr(parsed, name) for name in _SHAPED_OPTIONS)
-    if any(type(v) not in _PLAIN or type(v) is bool for v in values):
-        return None
-    if any(getattr(parsed, name) for name in _UNSHAPED_OPTIONS):
+    values = (parsed.timeout, parsed.description, parsed.result_ttl, parsed.ttl, parsed.failure_ttl)
+    for value in values:
+        if type(value) not in _PLAIN:  # bool is not plain here: an int subclass RQ would not expect
+            return None
+    if (parsed.meta or parsed.retry or parsed.repeat or parsed.on_success or parsed.on_failure or parsed.on_stopped
+            or parsed.webhooks):
         return None
     return (func, *values, scheduled, bool(parsed.at_front), policy is OnConflict.FOLLOW_UP)
 
@@ -207,6 +211,14 @@ def shape_of(parsed: Any, scheduled: bool, rate_limit: Any, policy: OnConflict) 
 def template_id(core: DedupCore) -> str:
     """A valid job id for a template job, which is never written."""
     return f"{core.job_id_prefix}_template"
+
+
+def rq_timestamp(at: datetime) -> str:
+    """``rq.utils.utcformat(at)`` for an aware UTC datetime (RQ's ``now()``), by isoformat,
+    a few times faster than its strftime; ``tests/test_templates.py`` compares the two."""
+    if at.utcoffset() or at.year < 1000:  # strftime's %Y does not pad years below 1000
+        return utcformat(at)
+    return at.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 # The hash fields that differ between two jobs of one shape.
@@ -249,7 +261,7 @@ class JobTemplate:
         job.created_at = at
         pairs = self.pairs.copy()
         slots = self.slots
-        stamp = utcformat(at)
+        stamp = rq_timestamp(at)
         pairs[slots["created_at"]] = stamp
         if "enqueued_at" in slots:
             job.enqueued_at = at

@@ -101,7 +101,13 @@ def generate_job_id(key: Key, timestamp: float | datetime | None = None, *, pref
         raise InvalidRequestError(f"timestamp must be a number, a datetime or None, not {type(timestamp).__name__}")
     if micros < 0:
         raise InvalidRequestError("timestamp must not be before 1970")
-    return f"{prefix}_{encode_key(key)}_{micros}"
+    return job_id_of(prefix, encode_key(key), micros)
+
+
+def job_id_of(prefix: str, encoded: str, micros: int | None = None) -> str:
+    """``generate_job_id`` for a checked ``prefix`` and a key already encoded (``encode_key``);
+    ``micros`` defaults to now."""
+    return f"{prefix}_{encoded}_{time.time_ns() // 1000 if micros is None else micros}"
 
 
 def parse_job_id(job_id: str, *, prefix: str = "job") -> str | None:

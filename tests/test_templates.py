@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 import rq.job
+import rq.utils
 from rq import Queue
 from rq.job import Job, Retry
 
@@ -145,3 +146,10 @@ def test_admitted_template_job_is_what_rq_fetches(fake_redis: redis.Redis) -> No
     assert job.description == "tests.tasks.work('b', seconds=1)"
     assert job.get_status() == "queued" and job.origin == "tpl"
     assert queue.job_ids[-1] == admission.job_id
+
+
+@pytest.mark.parametrize("at", [FROZEN, FROZEN.replace(microsecond=0), datetime(999, 1, 2, 3, 4, 5, 6),
+                                datetime(2026, 3, 4, 5, 6, 7, 8, tzinfo=timezone(timedelta(hours=2))),
+                                datetime.now(timezone.utc)])
+def test_timestamp_is_rq_utcformat(at: datetime) -> None:
+    assert adm.rq_timestamp(at) == rq.utils.utcformat(at)
