@@ -31,6 +31,7 @@ import redis
 from rq import Queue
 
 from dedupkit import Deduplicator
+from dedupkit import admission as dk_admission
 
 from . import _common as c
 from .jobs import process
@@ -138,7 +139,8 @@ class _TimedScripts:
 
 def split_dedupkit(bench: Bench, n: int) -> dict[str, float]:
     """Where one Deduplicator.enqueue spends its time: building the job in Python
-    (``_prepare``), encoding the EVALSHA request (redis-py ``pack_command``), the round
+    (``_prepare``; and for comparison the same with every job built from scratch, no
+    template), encoding the EVALSHA request (redis-py ``pack_command``), the round
     trip (of which Redis server time, from commandstats), and turning the reply into an
     Admission (``_admit`` minus the script call)."""
     bench.conn.flushdb()
@@ -162,8 +164,20 @@ def split_dedupkit(bench: Bench, n: int) -> dict[str, float]:
         d._scripts = real
         bench.conn.connection_pool.release(timed.connection)
     server_us = (c.commandstats(bench.conn).get("evalsha", {}).get("usec", 0) - before) / n
+    # The same requests' jobs built from scratch by RQ's create_job + to_dict (no template).
+    requests = [_request(f"scratch{i}", i) for i in range(n)]
+    shape_of = dk_admission.shape_of
+    dk_admission.shape_of = lambda *_: None  # type: ignore[assignment]
+    try:
+        t0 = clock()
+        for request in requests:
+            d._prepare(request)
+        scratch = clock() - t0
+    finally:
+        dk_admission.shape_of = shape_of
     round_trip_us = timed.round_trip_ns / n / 1000
-    return {"prepare_us": prep / n / 1000, "pack_us": timed.pack_ns / n / 1000,
+    return {"prepare_us": prep / n / 1000, "prepare_without_template_us": scratch / n / 1000,
+            "pack_us": timed.pack_ns / n / 1000,
             "round_trip_us": round_trip_us, "of_which_server_us": server_us,
             "reply_to_admission_us": (admit - timed.pack_ns - timed.round_trip_ns) / n / 1000,
             "total_us": (prep + admit) / n / 1000}
@@ -203,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             op = bench.op(variant)
             for _ in range(5):
                 op()
-            rc = c.count_requests(url, client, op, count_n)
+            rc = c.count_requests(url, pure_py if variant.endswith("_pure_py") else client, op, count_n)
             counts[variant] = {"commands": rc.commands / count_n, "round_trips": rc.round_trips / count_n,
                                "lua_commands": rc.lua_commands / count_n,
                                "names": {k: v / count_n for k, v in sorted(rc.names.items())}}
