@@ -242,6 +242,8 @@ class JobTemplate:
         self.described = described
         if described:  # RQ keeps a description given as an option: the same for every job of the shape
             del self.slots["description"]
+        # Every copy gets its own arguments: the template keeps none of the first request's.
+        job._args, job._kwargs, job._data = (), {}, UNEVALUATED
         # Containers Job.__init__ gives every job (meta, dependency ids): each copy gets its own.
         self.containers = [name for name, value in vars(job).items() if isinstance(value, (list, dict, set))]
 
