@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis._parsers import _RESP2Parser
+from redis.connection import PythonRespSerializer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,11 +113,22 @@ class CountingConnection(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
-def counting_client(url: str) -> redis.Redis:
+class PurePythonConnection(CountingConnection):
+    """redis-py without hiredis, even where hiredis is installed: commands encoded and
+    replies parsed in Python (what an install without hiredis gets)."""
+
+    def _construct_command_packer(self, packer: Any) -> Any:
+        return PythonRespSerializer(self._buffer_cutoff, self.encoder.encode)
+
+
+def counting_client(url: str, pure_python: bool = False) -> redis.Redis:
     conn = redis.Redis.from_url(url)
     kwargs = dict(conn.connection_pool.connection_kwargs)
     conn.close()
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=CountingConnection, **kwargs))
+    if pure_python:
+        kwargs["parser_class"] = _RESP2Parser
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=PurePythonConnection if pure_python else CountingConnection, **kwargs))
 
 
 @dataclass
@@ -196,6 +209,7 @@ def machine(conn: redis.Redis | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem_gib, "os": platform.platform(),
         "python": platform.python_version(), "rq": rq.__version__, "redis_py": redis.__version__,
+        "hiredis": _hiredis_version(),
     }
     if conn is not None:
         info["redis_server"] = conn.info("server").get("redis_version")
@@ -205,6 +219,14 @@ def machine(conn: redis.Redis | None = None) -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+def _hiredis_version() -> str | None:
+    try:
+        import hiredis
+    except ImportError:
+        return None
+    return str(hiredis.__version__)
 
 
 def _git(*args: str) -> str:
@@ -261,5 +283,5 @@ def describe(m: dict[str, Any]) -> str:
         return ""
     return (f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, Python {m.get('python')}, "
             f"redis-server {m.get('redis_server')}, rq {m.get('rq')}, redis-py {m.get('redis_py')}, "
-            f"load {m.get('load_avg_at_start')}, dedupkit {m.get('dedupkit_commit')}"
+            f"hiredis {m.get('hiredis')}, load {m.get('load_avg_at_start')}, dedupkit {m.get('dedupkit_commit')}"
             f"{' (modified)' if m.get('dedupkit_dirty') else ''}")

@@ -10,6 +10,8 @@ Variants, interleaved (the order rotates every repetition), each block on an emp
                 its scan grows with the queue, which fills from 0 to n during a block
   evalsha_floor a trivial script (``return 1``) through the same redis-py client: the floor
   evalsha_args  the same trivial script sent dedupkit's full KEYS/ARGV payload
+  dedupkit_pure_py, rq_pure_py  dedupkit and plain RQ again through a redis-py client that
+                encodes and parses in Python (hiredis, a dependency, is bypassed): its gain
 Requests per admission are counted with MONITOR (commands tagged "lua" apart) and round
 trips by counting socket writes. Where dedupkit's time goes: a split of one enqueue (Python
 job building, encoding the request, round trip and Redis server time, reply parsing) and
@@ -29,19 +31,23 @@ import redis
 from rq import Queue
 
 from dedupkit import Deduplicator
+from dedupkit import admission as dk_admission
 
 from . import _common as c
 from .jobs import process
 from .naive import naive_enqueue
 
-VARIANTS = ("dedupkit", "rq", "rq_unique", "naive", "evalsha_floor", "evalsha_args")
+VARIANTS = ("dedupkit", "rq", "rq_unique", "naive", "evalsha_floor", "evalsha_args", "dedupkit_pure_py",
+            "rq_pure_py")
 
 
 class Bench:
-    def __init__(self, conn: redis.Redis) -> None:
+    def __init__(self, conn: redis.Redis, pure_py: redis.Redis) -> None:
         self.conn = conn
         self.queue = Queue("bench", connection=conn)
         self.dedup = Deduplicator(self.queue)
+        self.pure_queue = Queue("bench", connection=pure_py)
+        self.pure_dedup = Deduplicator(self.pure_queue)
         self.floor = conn.register_script("return 1")
         prepared = self.dedup._prepare(_request("payload", 0))
         k = self.dedup.keys
@@ -54,13 +60,13 @@ class Bench:
     def op(self, variant: str) -> Callable[[], object]:
         q, d = self.queue, self.dedup
 
-        def dedupkit() -> object:
+        def dedupkit(d: Deduplicator = d) -> object:
             self.seq += 1
             admission = d.enqueue(f"user{self.seq}", process, self.seq)
             assert admission.admitted
             return admission
 
-        def rq() -> object:
+        def rq(q: Queue = q) -> object:
             self.seq += 1
             return q.enqueue(process, self.seq)
 
@@ -81,7 +87,9 @@ class Bench:
             return self.floor(keys=self.payload_keys, args=self.payload_args)
 
         return {"dedupkit": dedupkit, "rq": rq, "rq_unique": rq_unique, "naive": naive,
-                "evalsha_floor": evalsha_floor, "evalsha_args": evalsha_args}[variant]
+                "evalsha_floor": evalsha_floor, "evalsha_args": evalsha_args,
+                "dedupkit_pure_py": lambda: dedupkit(self.pure_dedup), "rq_pure_py": lambda: rq(self.pure_queue),
+                }[variant]
 
 
 def _request(key: str, i: int) -> Any:
@@ -131,7 +139,8 @@ class _TimedScripts:
 
 def split_dedupkit(bench: Bench, n: int) -> dict[str, float]:
     """Where one Deduplicator.enqueue spends its time: building the job in Python
-    (``_prepare``), encoding the EVALSHA request (redis-py ``pack_command``), the round
+    (``_prepare``; and for comparison the same with every job built from scratch, no
+    template), encoding the EVALSHA request (redis-py ``pack_command``), the round
     trip (of which Redis server time, from commandstats), and turning the reply into an
     Admission (``_admit`` minus the script call)."""
     bench.conn.flushdb()
@@ -155,8 +164,20 @@ def split_dedupkit(bench: Bench, n: int) -> dict[str, float]:
         d._scripts = real
         bench.conn.connection_pool.release(timed.connection)
     server_us = (c.commandstats(bench.conn).get("evalsha", {}).get("usec", 0) - before) / n
+    # The same requests' jobs built from scratch by RQ's create_job + to_dict (no template).
+    requests = [_request(f"scratch{i}", i) for i in range(n)]
+    shape_of = dk_admission.shape_of
+    dk_admission.shape_of = lambda *_: None  # type: ignore[assignment]
+    try:
+        t0 = clock()
+        for request in requests:
+            d._prepare(request)
+        scratch = clock() - t0
+    finally:
+        dk_admission.shape_of = shape_of
     round_trip_us = timed.round_trip_ns / n / 1000
-    return {"prepare_us": prep / n / 1000, "pack_us": timed.pack_ns / n / 1000,
+    return {"prepare_us": prep / n / 1000, "prepare_without_template_us": scratch / n / 1000,
+            "pack_us": timed.pack_ns / n / 1000,
             "round_trip_us": round_trip_us, "of_which_server_us": server_us,
             "reply_to_admission_us": (admit - timed.pack_ns - timed.round_trip_ns) / n / 1000,
             "total_us": (prep + admit) / n / 1000}
@@ -183,8 +204,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reps = c.repeats(args)
     with c.redis_url(args) as url:
         client = c.counting_client(url)
+        pure_py = c.counting_client(url, pure_python=True)
         client.flushdb()
-        bench = Bench(client)
+        bench = Bench(client, pure_py)
         machine = c.machine(client)
 
         # Requests per admission, counted once per variant after a warm-up.
@@ -195,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             op = bench.op(variant)
             for _ in range(5):
                 op()
-            rc = c.count_requests(url, client, op, count_n)
+            rc = c.count_requests(url, pure_py if variant.endswith("_pure_py") else client, op, count_n)
             counts[variant] = {"commands": rc.commands / count_n, "round_trips": rc.round_trips / count_n,
                                "lua_commands": rc.lua_commands / count_n,
                                "names": {k: v / count_n for k, v in sorted(rc.names.items())}}
@@ -209,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         profile = profile_dedupkit(bench, min(n, 1000))
         client.flushdb()
         client.close()
+        pure_py.close()
 
     summary = {v: {m: c.spread([r[m] for r in runs[v]]) for m in ("ops_s", "p50_us", "p99_us")} for v in VARIANTS}
     med = {v: {m: summary[v][m]["median"] for m in ("ops_s", "p50_us", "p99_us")} for v in VARIANTS}
@@ -221,6 +244,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dedupkit_p50_vs_floor_median": c.ratio(med["dedupkit"]["p50_us"], med["evalsha_floor"]["p50_us"]),
         "dedupkit_p50_vs_floor_best": c.ratio(best["dedupkit"]["p50_us"], best["evalsha_floor"]["p50_us"]),
         "evalsha_args_p50_vs_floor_median": c.ratio(med["evalsha_args"]["p50_us"], med["evalsha_floor"]["p50_us"]),
+        "dedupkit_hiredis_vs_pure_py_throughput_median": c.ratio(med["dedupkit"]["ops_s"],
+                                                                  med["dedupkit_pure_py"]["ops_s"]),
+        "rq_hiredis_vs_pure_py_throughput_median": c.ratio(med["rq"]["ops_s"], med["rq_pure_py"]["ops_s"]),
+        "dedupkit_vs_rq_both_pure_py_throughput_median": c.ratio(med["dedupkit_pure_py"]["ops_s"],
+                                                                  med["rq_pure_py"]["ops_s"]),
     }
     split = {m: c.spread([s[m] for s in splits]) for m in splits[0]}
     targets = {

@@ -6,6 +6,10 @@ INFO commandstats, and the commands each runs inside Redis.
 Scenarios, interleaved, each alone between CONFIG RESETSTAT and a commandstats read
 (``slowlog-log-slower-than 0`` logs every call with its duration):
   trivial          ``return 1``: the cost of running any script at all
+  payload_only     ``return 1`` sent admit_new's KEYS and ARGV: the cost of handing a
+                   request's ~60 arguments to Lua
+  helpers_only     ``_common.lua`` then ``return 1``, same payload: that plus defining
+                   the shared helpers (what every dedupkit script pays before its work)
   admit_new        enqueue() of a fresh key (admitted)
   admit_conflict   enqueue() of a key whose job is queued (conflict)
   admit_batch_500  enqueue_many() of 500 fresh keys: one script call
@@ -23,21 +27,35 @@ from typing import Any
 
 import redis
 from rq import Queue
+from rq.utils import now as rq_now
+from rq.utils import utcformat
 
 from dedupkit import Deduplicator, EnqueueRequest
+from dedupkit.scripts import source
 
 from . import _common as c
 from .jobs import process
 
-SCENARIOS = ("trivial", "admit_new", "admit_conflict", "admit_batch_500", "status_pending", "status_free",
-             "cancel_queued", "rq_enqueue")
+SCENARIOS = ("trivial", "payload_only", "helpers_only", "admit_new", "admit_conflict", "admit_batch_500",
+             "status_pending", "status_free", "cancel_queued", "rq_enqueue")
 
 
 class Scenario:
     def __init__(self, conn: redis.Redis, dedup: Deduplicator, queue: Queue) -> None:
         self.conn, self.dedup, self.queue = conn, dedup, queue
         self.trivial = conn.register_script("return 1")
+        self.helpers = conn.register_script(source("_common.lua") + "\nreturn 1")
         self.seq = 0
+
+    def payload(self, key: str) -> tuple[list[str], list[Any]]:
+        """admit.lua's KEYS and ARGV for enqueue(key, process, 0), as Deduplicator sends them."""
+        d = self.dedup
+        p = d._prepare(EnqueueRequest(key, process, (0,)))
+        call = d._admit_call
+        keys = call.key_list([d.keys.job_key(p.job.id)])
+        args = call.arg_list({"n": 1, "gc_budget": d.gc_budget, "gc_min_age": d.gc_min_age,
+                              "due_margin": d.due_margin, "now_text": utcformat(rq_now())})
+        return keys, args + p.argv()
 
     def setup(self, name: str, n: int) -> Callable[[], object]:
         """Untimed preparation; returns the operation to repeat n times."""
@@ -49,6 +67,14 @@ class Scenario:
         it = iter(range(n))
         if name == "trivial":
             return lambda: self.trivial()
+        if name in ("payload_only", "helpers_only"):
+            script = self.trivial if name == "payload_only" else self.helpers
+            payloads = iter([self.payload(f"{tag}p{i}") for i in range(n)])
+
+            def send() -> object:
+                keys, args = next(payloads)
+                return script(keys=keys, args=args)
+            return send
         if name == "admit_new":
             return lambda: d.enqueue(f"{tag}new{next(it)}", process, 0)
         if name == "admit_conflict":
@@ -139,13 +165,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      s["inner_commands_total_per_op"]["median"], f"{per_req:.2f} us per request"])
     inner_rows = [[name, ", ".join(f"{k} {v:g}" for k, v in summary[name]["inner_commands_per_op"].items())]
                   for name in SCENARIOS]
+    med = {name: summary[name]["usec_per_call_commandstats"]["median"] for name in SCENARIOS}
+    rq_usec = summary["rq_enqueue"]["non_script_usec_per_op"]["median"]
+    ratios = {
+        "admit_new_vs_rq_enqueue": c.ratio(med["admit_new"], rq_usec),
+        "admit_batch_per_request_vs_rq_enqueue": c.ratio(med["admit_batch_500"] / 500, rq_usec),
+        "admit_new_share_payload_only": c.ratio(med["payload_only"], med["admit_new"]),
+        "admit_new_share_helpers_only": c.ratio(med["helpers_only"], med["admit_new"]),
+    }
+    targets = {"admit_new_le_1.5x_rq_enqueue": ratios["admit_new_vs_rq_enqueue"] <= 1.5,
+               "admit_batch_per_request_le_1.5x_rq_enqueue": ratios["admit_batch_per_request_vs_rq_enqueue"] <= 1.5}
     text = (f"Script cost on the server, {n} calls per scenario (batch: {max(2, n // 50)} calls of 500), "
             f"{reps} interleaved repetitions\n\n"
             + c.table(["scenario", "usec/call min (commandstats)", "usec/call median (commandstats)",
                        "slowlog median us", "slowlog p99 us", "commands inside per call", "note"], rows)
             + "\n\nCommands run per call (inside the script, from commandstats)\n\n"
-            + c.table(["scenario", "commands"], inner_rows))
-    data = {"machine": machine, "repeat": reps, "calls": n, "summary": summary, "runs": runs}
+            + c.table(["scenario", "commands"], inner_rows)
+            + "\n\n" + c.table(["ratio (medians)", "value"], [[k, v] for k, v in ratios.items()])
+            + "\n\n" + c.table(["target", "met"], [[k, "yes" if v else "no"] for k, v in targets.items()]))
+    data = {"machine": machine, "repeat": reps, "calls": n, "summary": summary, "runs": runs, "ratios": ratios,
+            "targets": targets}
     c.write(args, "script_cost", data, text)
     return data
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import enum
 import logging
+import types
+import zlib
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from rq import Queue
 from rq.exceptions import TimeoutFormatError
-from rq.job import Job, JobStatus
+from rq.job import UNEVALUATED, Job, JobStatus
 from rq.utils import now as rq_now
+from rq.utils import utcformat
 
 from . import callables
+from .encoding import job_id_of
 from .errors import (
     DedupkitError,
     InvalidRequestError,
@@ -20,7 +24,7 @@ from .errors import (
     NaiveDatetimeError,
     ScriptError,
 )
-from .keys import RateLimit, RateLimitRegistry, encode_key, generate_job_id, normalize_key
+from .keys import RateLimit, RateLimitRegistry, encode_key, normalize_key
 from .models import Admission, EnqueueRequest, JobState, OnConflict, SlotStatus
 from .protocol import AdmitReply
 
@@ -55,10 +59,13 @@ class Prepared:
                 *self.pairs]
 
 
+_POLICIES: dict[object, OnConflict] = {p.value: p for p in OnConflict}
+
+
 def policy_of(value: object) -> OnConflict:
     """``on_conflict`` as an OnConflict; the plain strings callers pass are accepted."""
-    if isinstance(value, str) and value in OnConflict.__members__.values():
-        return OnConflict(value)
+    if isinstance(value, str) and value in _POLICIES:
+        return _POLICIES[value]
     choices = ", ".join(p.value for p in OnConflict)
     raise InvalidRequestError(f"on_conflict must be one of {choices}, not {value!r}")
 
@@ -114,41 +121,27 @@ def prepare(core: DedupCore, request: EnqueueRequest) -> Prepared:
         parsed = Queue.parse_args(request.func, *request.args, **options)
     except (ValueError, AssertionError) as exc:
         raise InvalidRequestError(str(exc)) from exc
-    job_id = generate_job_id(key, prefix=core.job_id_prefix)
+    job_id = job_id_of(core.job_id_prefix, field)  # the prefix was checked by the core
     scheduled = request.at is not None
     try:
-        job = queue.create_job(
-            parsed.func, args=parsed.args, kwargs=parsed.kwargs, timeout=parsed.timeout,
-            result_ttl=parsed.result_ttl, ttl=parsed.ttl, failure_ttl=parsed.failure_ttl,
-            description=parsed.description, job_id=job_id, meta=parsed.meta,
-            status=(JobStatus.SCHEDULED if scheduled else JobStatus("rate_limited") if rate_limit is not None
-                    else JobStatus.QUEUED),
-            retry=parsed.retry, repeat=parsed.repeat, on_success=parsed.on_success,
-            on_failure=parsed.on_failure, on_stopped=parsed.on_stopped, webhooks=parsed.webhooks,
-            **({"rate_limit": rate_limit} if rate_limit is not None else {}),
-        )
-        job.origin = queue.name
+        shape = shape_of(parsed, scheduled, rate_limit, policy)
+        if shape is not None:
+            template = core.templates.get(shape)
+            if template is None:
+                template = core.templates.add(shape, JobTemplate(
+                    _create_job(queue, parsed, template_id(core), scheduled, rate_limit, policy),
+                    described=bool(parsed.description)))
+            job, pairs = template.fill(job_id, parsed.args, parsed.kwargs)
+        else:
+            job = _create_job(queue, parsed, job_id, scheduled, rate_limit, policy)
+            pairs = flatten(job)
         if scheduled:
             assert request.at is not None
-            when = run_at(request.at)
-            if parsed.at_front:
-                job.enqueue_at_front = True
-            mode, at_text = "schedule", str(int(when.timestamp()))
+            mode, at_text = "schedule", str(int(run_at(request.at).timestamp()))
         elif rate_limit is not None:
-            # RQ 3's Queue._enqueue_rate_limited_job: saved as 'rate_limited', waiting in
-            # its limit's zset; RQ's acquire script (run after the admission) queues it.
-            job.timeout = job.timeout if job.timeout is not None else queue._default_timeout
-            if parsed.at_front:
-                job.enqueue_at_front = True
             mode, at_text = "rate_limit", ""
         else:
-            job.enqueued_at = rq_now()
-            if parsed.at_front and policy is OnConflict.FOLLOW_UP:
-                # A follow-up may wait behind its holder and be pushed later, by RQ's
-                # dependents code or dedupkit's release, both of which read this flag.
-                job.enqueue_at_front = True
             mode, at_text = ("front" if parsed.at_front else "back"), ""
-        pairs = flatten(job)
     except DedupkitError:
         raise
     except (ValueError, TypeError, TimeoutFormatError) as exc:
@@ -156,6 +149,147 @@ def prepare(core: DedupCore, request: EnqueueRequest) -> Prepared:
     prepared = Prepared(key, field, job, mode, at_text, int(job.ttl or 0), policy, pairs)
     prepared.rate_limit = rate_limit if mode == "rate_limit" else None
     return prepared
+
+
+def _create_job(queue: Queue, parsed: Any, job_id: str, scheduled: bool, rate_limit: Any,
+                policy: OnConflict) -> Job:
+    """The job RQ's ``Queue.enqueue`` (or ``enqueue_at``, or RQ 3's rate-limited enqueue)
+    would build for ``parsed``, with RQ's own ``create_job``; its status set, not saved."""
+    job = queue.create_job(
+        parsed.func, args=parsed.args, kwargs=parsed.kwargs, timeout=parsed.timeout,
+        result_ttl=parsed.result_ttl, ttl=parsed.ttl, failure_ttl=parsed.failure_ttl,
+        description=parsed.description, job_id=job_id, meta=parsed.meta,
+        status=(JobStatus.SCHEDULED if scheduled else JobStatus("rate_limited") if rate_limit is not None
+                else JobStatus.QUEUED),
+        retry=parsed.retry, repeat=parsed.repeat, on_success=parsed.on_success,
+        on_failure=parsed.on_failure, on_stopped=parsed.on_stopped, webhooks=parsed.webhooks,
+        **({"rate_limit": rate_limit} if rate_limit is not None else {}),
+    )
+    job.origin = queue.name
+    if scheduled:
+        if parsed.at_front:
+            job.enqueue_at_front = True
+    elif rate_limit is not None:
+        # RQ 3's Queue._enqueue_rate_limited_job: saved as 'rate_limited', waiting in
+        # its limit's zset; RQ's acquire script (run after the admission) queues it.
+        job.timeout = job.timeout if job.timeout is not None else queue._default_timeout
+        if parsed.at_front:
+            job.enqueue_at_front = True
+    else:
+        job.enqueued_at = rq_now()
+        if parsed.at_front and policy is OnConflict.FOLLOW_UP:
+            # A follow-up may wait behind its holder and be pushed later, by RQ's
+            # dependents code or dedupkit's release, both of which read this flag.
+            job.enqueue_at_front = True
+    return job
+
+
+# RQ options whose values a template may be keyed on: plain immutable values. A request
+# with any other option set (meta, retry, repeat, callbacks, webhooks, rate_limit: objects
+# a caller may mutate between calls) builds its job with RQ's create_job every time.
+_PLAIN = frozenset({str, int, float, type(None)})
+
+
+def shape_of(parsed: Any, scheduled: bool, rate_limit: Any, policy: OnConflict) -> tuple[Any, ...] | None:
+    """What the job hash of ``parsed`` depends on besides its id, arguments and times, as a
+    hashable key; None when the request does not fit a template (see ``JobTemplate``)."""
+    func = parsed.func
+    if rate_limit is not None or not (type(func) is str or type(func) is types.FunctionType):
+        return None
+    if type(parsed.args) not in (tuple, list) or type(parsed.kwargs) not in (dict, type(None)):
+        return None
+    values = (parsed.timeout, parsed.description, parsed.result_ttl, parsed.ttl, parsed.failure_ttl)
+    for value in values:
+        if type(value) not in _PLAIN:  # bool is not plain here: an int subclass RQ would not expect
+            return None
+    if (parsed.meta or parsed.retry or parsed.repeat or parsed.on_success or parsed.on_failure or parsed.on_stopped
+            or parsed.webhooks):
+        return None
+    return (func, *values, scheduled, bool(parsed.at_front), policy is OnConflict.FOLLOW_UP)
+
+
+def template_id(core: DedupCore) -> str:
+    """A valid job id for a template job, which is never written."""
+    return f"{core.job_id_prefix}_template"
+
+
+def rq_timestamp(at: datetime) -> str:
+    """``rq.utils.utcformat(at)`` for an aware UTC datetime (RQ's ``now()``), by isoformat,
+    a few times faster than its strftime; ``tests/test_templates.py`` compares the two."""
+    if at.utcoffset() or at.year < 1000:  # strftime's %Y does not pad years below 1000
+        return utcformat(at)
+    return at.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+# The hash fields that differ between two jobs of one shape.
+_VARYING = ("created_at", "enqueued_at", "data", "description")
+
+
+class JobTemplate:
+    """One job built by RQ's own ``create_job`` and flattened once per shape (function, RQ
+    options, mode); each request's job copies it and fills in only what differs: id,
+    arguments (``data`` and, unless given, ``description``, both by RQ's own Job code) and
+    times. ``tests/test_templates.py`` checks the result against RQ's ``Job.to_dict``
+    over the option matrix, on RQ 2 and RQ 3."""
+
+    __slots__ = ("containers", "described", "job", "pairs", "slots")
+
+    def __init__(self, job: Job, described: bool) -> None:
+        self.job = job
+        self.pairs = flatten(job)
+        names = self.pairs[0::2]
+        self.slots = {name: 2 * names.index(name) + 1 for name in _VARYING if name in names}
+        self.described = described
+        if described:  # RQ keeps a description given as an option: the same for every job of the shape
+            del self.slots["description"]
+        # Every copy gets its own arguments: the template keeps none of the first request's.
+        job._args, job._kwargs, job._data = (), {}, UNEVALUATED
+        # Containers Job.__init__ gives every job (meta, dependency ids): each copy gets its own.
+        self.containers = [name for name, value in vars(job).items() if isinstance(value, (list, dict, set))]
+
+    def fill(self, job_id: str, args: Any, kwargs: Any) -> tuple[Job, list[Any]]:
+        """A new job of this shape, and its hash as HSET pairs."""
+        template = self.job
+        job = template.__class__.__new__(template.__class__)
+        state = vars(job)
+        state.update(vars(template))
+        for name in self.containers:
+            state[name] = state[name].copy()
+        job.id = job_id
+        job._args = args
+        job._kwargs = {} if kwargs is None else kwargs
+        job._data = UNEVALUATED
+        at = rq_now()
+        job.created_at = at
+        pairs = self.pairs.copy()
+        slots = self.slots
+        stamp = rq_timestamp(at)
+        pairs[slots["created_at"]] = stamp
+        if "enqueued_at" in slots:
+            job.enqueued_at = at
+            pairs[slots["enqueued_at"]] = stamp
+        pairs[slots["data"]] = zlib.compress(job.data)
+        if "description" in slots:
+            job.description = job.get_call_string()
+            pairs[slots["description"]] = job.description
+        return job, pairs
+
+
+class Templates:
+    """A core's job templates by shape, at most ``size`` (then they are built again)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._by_shape: dict[tuple[Any, ...], JobTemplate] = {}
+
+    def get(self, shape: tuple[Any, ...]) -> JobTemplate | None:
+        return self._by_shape.get(shape)
+
+    def add(self, shape: tuple[Any, ...], template: JobTemplate) -> JobTemplate:
+        if len(self._by_shape) >= self.size:
+            self._by_shape.clear()
+        self._by_shape[shape] = template
+        return template
 
 
 def check_rate_limit(queue: Queue, rate_limit: Any, policy: OnConflict) -> Any:

@@ -21,7 +21,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 
 from . import protocol, server
-from .admission import Prepared, prepare, to_admission
+from .admission import Prepared, Templates, prepare, to_admission
 from .errors import DedupkitError, EvictionPolicyError, InvalidRequestError, RedisRefusedError, ScriptError
 from .keys import Key, KeySpace, RateLimitRegistry, encode_key, normalize_key, validate_prefix
 from .models import Admission, EnqueueRequest, JobState, SlotStatus
@@ -55,6 +55,8 @@ class DedupCore:
         self.keys = KeySpace.for_queue(queue, namespace)
         self.allow_eviction = bool(allow_eviction)
         self._eviction_checked = False
+        # RQ job hashes built once per shape (function, options, mode); see admission.JobTemplate.
+        self.templates = Templates()
         # The key space never changes: each script's KEYS and fixed ARGV are read from it once.
         self._admit_call = protocol.ADMIT.bind(self.keys)
         self._status_call = protocol.STATUS.bind(self.keys)

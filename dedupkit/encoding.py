@@ -56,6 +56,8 @@ def encode_key(key: object) -> str:
     ("a_b" -> "a-5fb", "a/b" -> "a-2fb", "a:b" -> "a-3ab").
     """
     raw = normalize_key(key).encode("utf-8")
+    if raw.isalnum():  # bytes.isalnum: ASCII letters and digits only, which stay as they are
+        return raw.decode("ascii")
     return "".join(chr(b) if b in _SAFE else f"-{b:02x}" for b in raw)
 
 
@@ -99,7 +101,13 @@ def generate_job_id(key: Key, timestamp: float | datetime | None = None, *, pref
         raise InvalidRequestError(f"timestamp must be a number, a datetime or None, not {type(timestamp).__name__}")
     if micros < 0:
         raise InvalidRequestError("timestamp must not be before 1970")
-    return f"{prefix}_{encode_key(key)}_{micros}"
+    return job_id_of(prefix, encode_key(key), micros)
+
+
+def job_id_of(prefix: str, encoded: str, micros: int | None = None) -> str:
+    """``generate_job_id`` for a checked ``prefix`` and a key already encoded (``encode_key``);
+    ``micros`` defaults to now."""
+    return f"{prefix}_{encoded}_{time.time_ns() // 1000 if micros is None else micros}"
 
 
 def parse_job_id(job_id: str, *, prefix: str = "job") -> str | None:

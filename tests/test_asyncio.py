@@ -163,7 +163,7 @@ def test_the_same_errors(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(InvalidRequestError):
             await adedup.enqueue_many([], batch_size=0)
         sync.hset("rq:job:job_k_1", mapping={"status": "finished"})
-        monkeypatch.setattr("dedupkit.admission.generate_job_id", lambda key, prefix: f"{prefix}_{key}_1")
+        monkeypatch.setattr("dedupkit.admission.job_id_of", lambda prefix, encoded: f"{prefix}_{encoded}_1")
         with pytest.raises(JobIdCollisionError):
             await adedup.enqueue("k", TASK)
 

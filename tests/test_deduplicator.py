@@ -154,7 +154,7 @@ def test_id_collision_is_refused_and_writes_nothing(dedup: Deduplicator, queue: 
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     conn = queue.connection
     conn.hset("rq:job:job_u_1", mapping={"status": "finished", "origin": "elsewhere"})
-    monkeypatch.setattr(dd, "generate_job_id", lambda key, prefix: f"{prefix}_{key}_1")
+    monkeypatch.setattr(dd, "job_id_of", lambda prefix, encoded: f"{prefix}_{encoded}_1")
     with pytest.raises(JobIdCollisionError) as err:
         dedup.enqueue("u", TASK, "x")
     assert err.value.job_id == "job_u_1"
