@@ -61,7 +61,7 @@ from .keys import Key, cron_counts_key, normalize_key
 from .models import Admission
 from .scripts import redis_errors
 
-try:  # RQ 3 keeps a per-name history of the jobs each cron job spawned; RQ 2 has none
+try:  # RQ 3 (and 2.x from 2.11 or so) keeps a per-name history of the jobs each cron job spawned
     _cron_job_registry: Any = importlib.import_module("rq.cron_job_registry")
 except ImportError:  # pragma: no cover - RQ 2
     _cron_job_registry = None
@@ -151,7 +151,7 @@ class DedupCronJob(CronJob):
             self.log.warning("Could not count the %s tick of cron job %s in Redis: %s", outcome, self.name, exc)
 
     def _record_history(self, connection: Redis, job: Job) -> None:
-        """On RQ 3, record the run where RQ's cron records its own (``CronJob.get_job_ids``,
+        """Where RQ has the history (RQ 3, late 2.x), record the run where RQ's cron records its own (``CronJob.get_job_ids``,
         RQ's cron job registry), so RQ's monitoring sees dedupkit's runs."""
         if _cron_job_registry is None or job.enqueued_at is None:
             return
