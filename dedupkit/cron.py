@@ -151,8 +151,9 @@ class DedupCronJob(CronJob):
             self.log.warning("Could not count the %s tick of cron job %s in Redis: %s", outcome, self.name, exc)
 
     def _record_history(self, connection: Redis, job: Job) -> None:
-        """Where RQ has the history (RQ 3, late 2.x), record the run where RQ's cron records its own (``CronJob.get_job_ids``,
-        RQ's cron job registry), so RQ's monitoring sees dedupkit's runs."""
+        """Where RQ has the history (RQ 3, late 2.x), record the run where RQ's cron records
+        its own (``CronJob.get_job_ids``, RQ's cron job registry), so RQ's monitoring sees
+        dedupkit's runs."""
         if _cron_job_registry is None or job.enqueued_at is None:
             return
         stamp = job.enqueued_at.timestamp()
