@@ -14,7 +14,7 @@ from rq import Queue
 
 from . import inline, operators, requeue, scripts, steps
 from .admission import Prepared as _Prepared
-from .core import DedupCore
+from .core import DEFAULT_RETENTION, DedupCore
 from .errors import InvalidRequestError
 from .keys import Key
 from .models import Admission, EnqueueRequest, OnConflict, RequeueResult, SlotStatus
@@ -54,10 +54,12 @@ class Deduplicator(DedupCore):
     def __init__(self, queue: Queue, *, namespace: str = "dedupkit", job_id_prefix: str = "job",
                  due_margin: float = 60.0, gc_budget: int = 2, gc_min_age: float = 60.0,
                  allow_eviction: bool = False,
-                 min_replicas: int = 0, replica_timeout: float = 1.0) -> None:
+                 min_replicas: int = 0, replica_timeout: float = 1.0, cooldown: timedelta | None = None,
+                 retention: timedelta = DEFAULT_RETENTION) -> None:
         super().__init__(queue, namespace=namespace, job_id_prefix=job_id_prefix, due_margin=due_margin,
                          gc_budget=gc_budget, gc_min_age=gc_min_age, allow_eviction=allow_eviction,
-                         min_replicas=min_replicas, replica_timeout=replica_timeout)
+                         min_replicas=min_replicas, replica_timeout=replica_timeout, cooldown=cooldown,
+                         retention=retention)
         self.connection = queue.connection
         self._scripts = scripts.Scripts(self.connection)
 
@@ -67,6 +69,7 @@ class Deduplicator(DedupCore):
     # -- admission -----------------------------------------------------------------
 
     def enqueue(self, key: Key, func: Any, *args: Any, on_conflict: OnConflict | str = OnConflict.REJECT,
+                cooldown: timedelta | None = None,
                 **kwargs: Any) -> Admission:
         """Enqueue ``func(*args, **kwargs)`` for ``key`` now, unless a job for it is pending.
 
@@ -89,10 +92,11 @@ class Deduplicator(DedupCore):
         EvictionPolicyError, RedisUnavailableError (RedisRefusedError when the server
         refuses: READONLY, OOM, ...).
         """
-        return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict)))
+        return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict, cooldown=cooldown)))
 
     def enqueue_at(self, when: datetime, key: Key, func: Any, *args: Any,
-                   on_conflict: OnConflict | str = OnConflict.REJECT, **kwargs: Any) -> Admission:
+                   on_conflict: OnConflict | str = OnConflict.REJECT,
+                cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """Schedule ``func`` for ``key`` at ``when`` (run by ``rq worker --with-scheduler``).
 
         The job holds the slot from now on. ``when`` must carry a time zone: a naive
@@ -104,15 +108,16 @@ class Deduplicator(DedupCore):
         if not isinstance(when, datetime):
             raise InvalidRequestError(f"when must be a datetime, not {type(when).__name__}")
         return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=when,
-                                                           on_conflict=on_conflict)))
+                                                           on_conflict=on_conflict, cooldown=cooldown)))
 
     def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any,
-                   on_conflict: OnConflict | str = OnConflict.REJECT, **kwargs: Any) -> Admission:
+                   on_conflict: OnConflict | str = OnConflict.REJECT,
+                cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """Schedule ``func`` for ``key`` to run ``delta`` from now (delta >= 0)."""
         if not isinstance(delta, timedelta):
             raise InvalidRequestError(f"delta must be a timedelta, not {type(delta).__name__}")
         return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=delta,
-                                                           on_conflict=on_conflict)))
+                                                           on_conflict=on_conflict, cooldown=cooldown)))
 
     def enqueue_many(self, requests: Iterable[EnqueueRequest], *, batch_size: int = 500,
                      raise_errors: bool = True) -> list[Admission]:
