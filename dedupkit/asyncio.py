@@ -82,14 +82,14 @@ class AsyncDeduplicator(DedupCore):
     # -- admission -----------------------------------------------------------------
 
     async def enqueue(self, key: Key, func: Any, *args: Any, on_conflict: OnConflict | str = OnConflict.REJECT,
-                cooldown: timedelta | None = None,
-                      **kwargs: Any) -> Admission:
+                      cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """See ``Deduplicator.enqueue``."""
-        return await self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict, cooldown=cooldown)))
+        return await self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict,
+                                                                 cooldown=cooldown)))
 
     async def enqueue_at(self, when: datetime, key: Key, func: Any, *args: Any,
                          on_conflict: OnConflict | str = OnConflict.REJECT,
-                cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
+                         cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """See ``Deduplicator.enqueue_at``."""
         if not isinstance(when, datetime):
             raise InvalidRequestError(f"when must be a datetime, not {type(when).__name__}")
@@ -98,7 +98,7 @@ class AsyncDeduplicator(DedupCore):
 
     async def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any,
                          on_conflict: OnConflict | str = OnConflict.REJECT,
-                cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
+                         cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """See ``Deduplicator.enqueue_in``."""
         if not isinstance(delta, timedelta):
             raise InvalidRequestError(f"delta must be a timedelta, not {type(delta).__name__}")

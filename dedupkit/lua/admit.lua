@@ -265,6 +265,9 @@ local function decide(i, pos, last)
   end
 
   local reopens = (not info) and cooling(field, holder, reason, cooldown)
+  if reopens and mode == 'schedule' and tonumber(run_at) >= reopens then
+    reopens = nil  -- scheduled to run after the cooldown anyway
+  end
   if reopens and policy ~= 'follow_up' then
     count('cooldown')
     local last_id = string.match(redis.call('HGET', K.last, field) or '', '^([^|]*)|') or ''
