@@ -9,8 +9,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+import fakeredis
+import fakeredis.aioredis
 import pytest
 import redis
+import redis.asyncio
 from rq import Queue
 from rq.executions import ExecutionRegistry
 from rq.job import Job
@@ -240,13 +243,10 @@ def test_job_utils_passes_the_cooldown(queue: Queue) -> None:
 
 
 def test_async_deduplicator_has_the_same_cooldown(queue: Queue) -> None:
-    fakeredis = pytest.importorskip("fakeredis")
-    import fakeredis.aioredis  # noqa: F401  (the async client of the same fake server)
-
     from dedupkit.asyncio import AsyncDeduplicator
 
     conn = queue.connection
-    if isinstance(conn, fakeredis.FakeRedis):
+    if isinstance(conn, fakeredis.FakeRedis):  # the async client of the same fake server
         aconn = fakeredis.aioredis.FakeRedis(server=conn.connection_pool.connection_kwargs["server"])
     else:
         kwargs = conn.connection_pool.connection_kwargs
@@ -349,7 +349,7 @@ def test_cooldown_with_a_real_worker_and_a_follow_up_run_at_retry_after(
         real_redis: redis.Redis, real_server: RedisServer, workers: Callable[..., RQWorker]) -> None:
     queue = Queue("test", connection=real_redis)
     dedup = Deduplicator(queue, cooldown=timedelta(seconds=3))
-    worker: RQWorker = workers(scheduler=True)
+    workers(scheduler=True)
     first = dedup.enqueue("u", TASK, "first")
     wait_for(lambda: Job.fetch(first.job_id, connection=real_redis).get_status() == "finished", 20,  # type: ignore[arg-type]
              what="the first run to finish")
