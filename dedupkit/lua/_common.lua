@@ -28,7 +28,8 @@
 -- dk_remember(K, field, job_id, reason, now_text, now) -> ended (epoch s, Redis clock)
 --   record a holder that is over as the key's last run (status 'dead', 'gone' or 'lost'
 --   when that is why; else RQ's status; ended at: RQ's ended_at, else now_text), and
---   index it in K.history (when given) by when it ended: dk_ended
+--   index it in K.history (when given) by when it ended: dk_ended, or the earlier end
+--   already indexed for this same job
 -- dk_ended(ended_at, now) -> epoch s   when a run ended, on the Redis clock: RQ's
 --   ended_at (the worker's clock) no later than now; now when there is none
 -- dk_epoch(text) -> epoch s | nil   an RQ-format UTC time ('2026-01-02T03:04:05.123456Z')
@@ -287,11 +288,17 @@ local function dk_remember(K, field, job_id, reason, now_text, now)
   if not ended or ended == '' then
     ended = now_text
   end
-  redis.call('HSET', K.last, field, job_id .. '|' .. status .. '|' .. ended)
   local at = dk_ended(f[2], now)
   if K.history then
+    -- The same run seen again (gc after an admission saw it, a dead job RQ then marked
+    -- failed): its end never moves later, or a run without ended_at would be re-dated.
+    local before = redis.call('HGET', K.last, field)
+    if before and string.sub(before, 1, #job_id + 1) == job_id .. '|' then
+      at = math.min(at, tonumber(redis.call('ZSCORE', K.history, field)) or at)
+    end
     redis.call('ZADD', K.history, at, field)
   end
+  redis.call('HSET', K.last, field, job_id .. '|' .. status .. '|' .. ended)
   return at
 end
 

@@ -158,8 +158,7 @@ end
 
 -- When the free key may run again: its last run's end (dk_ended) plus cooldown, while
 -- that is ahead; nil otherwise. A holder just found over is recorded as the last run
--- first and its slot freed, so its end is fixed once (one without RQ's ended_at is
--- dated by the call that sees it: a later call must not date it again).
+-- first (dk_remember dates a run once: seen again, its end never moves later).
 local function cooling(field, holder, reason, cooldown)
   if cooldown <= 0 then
     return nil
@@ -167,8 +166,6 @@ local function cooling(field, holder, reason, cooldown)
   local ended
   if holder and reason then
     ended = dk_remember(K, field, holder, reason, now_text, now)
-    redis.call('HDEL', K.slots, field)
-    redis.call('ZREM', gc_key, field)
   else
     ended = tonumber(redis.call('ZSCORE', K.history, field))
   end
@@ -286,10 +283,10 @@ local function decide(i, pos, last)
   if reopens then
     -- A follow_up waits out the cooldown in RQ's scheduled registry, as enqueue_at's
     -- jobs do; RQ's scheduler queues it at the first whole second the key reopens.
+    -- As RQ's enqueue_at writes it: 'scheduled', enqueued_at '' (its scheduler sets it).
     mode, run_at, note = 'schedule', math.ceil(reopens), 'cooldown'
     status, enqueued_at = 'scheduled', ''
-    redis.call('HSET', job_key, 'status', status)
-    redis.call('HDEL', job_key, 'enqueued_at')
+    redis.call('HSET', job_key, 'status', status, 'enqueued_at', enqueued_at)
   end
   local scheduled_for
   if parent then

@@ -32,8 +32,8 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-import os
 import math
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable
