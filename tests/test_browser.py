@@ -2,8 +2,9 @@
 sign in, click TRIGGER PROCESSING twice quickly, see the success then the conflict, ask
 for a follow-up run while the job runs, click a third time and read what waits, watch the
 status and the messages follow the real jobs run by a real rq worker (in words, no job
-ids) and the last run appear; a click within the cooldown says when the next run is possible; the admin lands on the admin page, which lists a slot and
-cancels it; a non-admin opening /admin gets the app's own page."""
+ids) and the last run appear; a click within the cooldown says when the next run is
+possible; the admin lands on the admin page, which lists a slot and cancels it; a
+non-admin opening /admin gets the app's own page."""
 
 from __future__ import annotations
 
