@@ -13,11 +13,19 @@
    their number must stay N, not grow to 2N. Then the incremental gc (``gc_budget`` slots
    per script call, older than ``gc_min_age``; here a Deduplicator with gc_min_age=0):
    how many stale slots single ``enqueue`` calls of new keys sweep.
+3. Bounded history: every key that ever ran leaves a last-run record (``<ns>:last:<q>``,
+   indexed by its end in ``<ns>:history:<q>``). After part 2 the N keys' records are
+   written (``sweep`` records the second tick's runs); then a Deduplicator with a short
+   ``retention`` (``--retention`` seconds, standing in for the default 7 days) waits it
+   out and admits N new distinct keys: each script call drops up to gc's budget plus
+   one per request of the expired records, so the old N are gone by the end, while the
+   new keys' jobs are pending (no records yet). Bytes of both keys before and after.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -64,6 +72,18 @@ def ours(conn: redis.Redis, dedup: Deduplicator) -> dict[str, int]:
             "slot_fields": int(conn.hlen(k.slots)), "gc_members": int(conn.zcard(k.gc))}
 
 
+def history(conn: redis.Redis, dedup: Deduplicator) -> dict[str, int]:
+    """The last-run records and their index: counts, their bytes, and all of dedupkit's."""
+    k = dedup.keys
+    return {"records": int(conn.hlen(k.last)), "indexed": int(conn.zcard(k.history)),
+            "bytes": usage(conn, k.last) + usage(conn, k.history), "total": ours(conn, dedup)["total"]}
+
+
+def server_time(conn: redis.Redis) -> float:
+    seconds, micros = conn.time()
+    return float(seconds) + micros / 1e6
+
+
 def used(conn: redis.Redis) -> int:
     return int(conn.info("memory")["used_memory"])
 
@@ -72,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--keys", type=int, default=None, help="pending keys in part 1 (default 100k; 2k quick)")
     p.add_argument("--finished-keys", type=int, default=None, help="keys in part 2 (default 1M; 2k quick)")
+    p.add_argument("--retention", type=float, default=2.0, help="seconds of retention in part 3 (default 2)")
     args = p.parse_args(argv)
     n = args.keys or (2_000 if args.quick else 100_000)
     m = args.finished_keys or (2_000 if args.quick else 1_000_000)
@@ -123,15 +144,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sweeper.enqueue(f"fresh{i}", process, i)
         swept = ours(conn, dedup)
         swept_now = sweeper.stats().get("swept", 0) - swept_before
-        conn.flushdb()
+
+        # 3. bounded history
+        dedup.sweep(batch_size=1000)  # every ended run recorded as its key's last
+        recorded = history(conn, dedup)
+        bounded = Deduplicator(queue, retention=timedelta(seconds=args.retention))
+        wait_out = max(0.0, max((s for _, s in conn.zrange(dedup.keys.history, -1, -1, withscores=True)),
+                                default=0.0) + args.retention - server_time(conn)) + 0.1
+        time.sleep(wait_out)
+        t2 = time.perf_counter()
+        admit(bounded, "later", m)
+        third_s = time.perf_counter() - t2
+        trimmed = history(conn, dedup)
+        expired = bounded.stats().get("expired", 0)
+        conn.flushdb(asynchronous=True)  # millions of keys: a blocking FLUSHDB can outlast the socket timeout
         conn.close()
     part2 = {"keys": m, "admit_s": admit_s, "second_tick_s": second_s, "after_finish": finished,
              "used_memory_after_finish": finished_used,
              "dedupkit_bytes_per_finished_key": finished["total"] / m,
              "after_second_tick": second, "sweep_calls": sweep_calls, "after_sweep": swept,
              "swept_total": swept_now, "swept_per_call": swept_now / sweep_calls}
+    calls = -(-m // 500)  # enqueue_many's default batch_size: one script call per 500 requests
+    part3 = {"keys": m, "retention_s": args.retention, "recorded": recorded, "after_retention_and_new_keys": trimmed,
+             "new_keys_s": third_s, "expired": expired, "calls": calls}
     targets = {"slots_bounded_by_distinct_keys": second["slot_fields"] == m,
-               "gc_sweeps_stale_slots": part2["swept_total"] > 0}
+               "gc_sweeps_stale_slots": part2["swept_total"] > 0,
+               "history_bounded_after_retention": trimmed["records"] == 0 and expired >= recorded["records"]}
 
     rows1 = [*([key, size, size / n] for key, size in sorted(pend["keys"].items())),
              ["dedupkit total (beyond RQ's job)", ours_bytes, ours_bytes / n],
@@ -152,8 +190,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + f"\n\nThe gc swept {part2['swept_total']:,} stale slots in {sweep_calls:,} calls "
               f"({part2['swept_per_call']:.2f} per call); admitting {m:,} keys took {admit_s:.1f} s, "
               f"the second tick {second_s:.1f} s.\n\n"
+            + f"\n\nBounded history: last-run records of {m:,} keys that ran, then the retention "
+              f"({args.retention:g} s here; 7 days by default) passed and {m:,} new distinct keys were admitted "
+              f"({calls:,} script calls)\n\n"
+            + c.table(["state", "last-run records", "history members", "last + history bytes",
+                       "dedupkit bytes (all its keys)"],
+                      [["all runs recorded", recorded["records"], recorded["indexed"], recorded["bytes"],
+                        recorded["total"]],
+                       ["retention passed + new keys admitted", trimmed["records"], trimmed["indexed"],
+                        trimmed["bytes"], trimmed["total"]]])
+            + f"\n\n{expired:,} expired records dropped by those calls ({expired / calls:.0f} per call, at most "
+              f"gc's budget + one per request: 600); admitting the {m:,} new keys took {third_s:.1f} s "
+              f"(part 2's first tick: {admit_s:.1f} s). The last column, after: the slots and gc entries of "
+              "the new keys' pending jobs.\n\n"
             + c.table(["target", "met"], [[k, "yes" if v else "no"] for k, v in targets.items()]))
-    data = {"machine": machine, "pending": part1, "finished": part2, "targets": targets}
+    data = {"machine": machine, "pending": part1, "finished": part2, "history": part3, "targets": targets}
     c.write(args, "memory", data, text)
     return data
 

@@ -45,18 +45,19 @@ REFUSED = {
 class Prepared:
     """A request turned into the exact strings admit.lua writes (its per-request ARGV)."""
 
-    __slots__ = ("field", "job", "key", "mode", "pairs", "policy", "rate_limit", "run_at", "ttl")
+    __slots__ = ("cooldown", "field", "job", "key", "mode", "pairs", "policy", "rate_limit", "run_at", "ttl")
 
     def __init__(self, key: str, field: str, job: Job, mode: str, run_at: str, ttl: int, policy: OnConflict,
                  pairs: list[Any]):
         self.key, self.field, self.job, self.mode = key, field, job, mode
         self.run_at, self.ttl, self.policy, self.pairs = run_at, ttl, policy, pairs
         self.rate_limit: Any = None  # RQ 3's RateLimit of a job admitted to wait for a slot ('rate_limit' mode)
+        self.cooldown = 0.0  # seconds the key stays closed after its last run ended
 
     def argv(self) -> list[Any]:
         """This request's part of admit.lua's ARGV, in ``protocol.ADMIT.request_argv`` order."""
-        return [self.field, self.job.id, self.mode, self.run_at, self.ttl, self.policy.value, len(self.pairs) // 2,
-                *self.pairs]
+        return [self.field, self.job.id, self.mode, self.run_at, self.ttl, self.policy.value, self.cooldown,
+                len(self.pairs) // 2, *self.pairs]
 
 
 _POLICIES: dict[object, OnConflict] = {p.value: p for p in OnConflict}
@@ -148,6 +149,7 @@ def prepare(core: DedupCore, request: EnqueueRequest) -> Prepared:
         raise InvalidRequestError(f"cannot build the RQ job for key {key!r}: {exc}") from exc
     prepared = Prepared(key, field, job, mode, at_text, int(job.ttl or 0), policy, pairs)
     prepared.rate_limit = rate_limit if mode == "rate_limit" else None
+    prepared.cooldown = core.cooldown_seconds(request.cooldown)
     return prepared
 
 
@@ -329,6 +331,10 @@ def to_admission(p: Prepared, reply: AdmitReply) -> Admission:
         return Admission(False, job_id, SlotStatus(p.key, last_run=reply.last), error=JobIdCollisionError(job_id))
     if reply.decision == "conflict":
         status = reply.holder_status(p.key)
+        if reply.reason == "cooldown":
+            logger.info("Key %r is cooling down after job %s; next run possible at %s", p.key, job_id,
+                        reply.retry_after and reply.retry_after.isoformat())
+            return Admission(False, job_id, status, reason="cooldown", retry_after=reply.retry_after)
         logger.info("Key %r already has pending job %s (%s)%s", p.key, job_id, status.state and status.state.value,
                     f"; {p.policy.value} not applied: {reply.reason}" if reply.reason else "")
         return Admission(False, job_id, status, reason=reply.reason)
@@ -338,7 +344,8 @@ def to_admission(p: Prepared, reply: AdmitReply) -> Admission:
         return Admission(True, job_id, reply.holder_status(p.key), job=p.job)
     # The new job's times are the ones Python wrote: no need to parse them back.
     status = SlotStatus(p.key, job_id, JobState.from_rq(reply.rq_status),
-                        scheduled_for=datetime.fromtimestamp(int(p.run_at), tz=timezone.utc) if p.run_at else None,
+                        scheduled_for=datetime.fromtimestamp(int(p.run_at), tz=timezone.utc) if p.run_at
+                        else reply.retry_after,
                         enqueued_at=p.job.enqueued_at if reply.enqueued_at else None, last_run=reply.last)
     recovered = reply.recovered
     if recovered == "dead":
@@ -349,6 +356,12 @@ def to_admission(p: Prepared, reply: AdmitReply) -> Admission:
                        "between its pop and its start: RQ lost that job)", p.key)
     elif recovered == "gone":  # usually a finished job whose result_ttl ran out: routine
         logger.info("Key %r: took over the slot of a job whose hash is gone", p.key)
+    if reply.retry_after is not None:
+        # A follow_up that met a cooldown: RQ's scheduler queues it when the key reopens.
+        p.job._status = JobStatus.SCHEDULED
+        p.job.enqueued_at = None
+        logger.info("Key %r is cooling down; follow-up job %s scheduled for %s", p.key, job_id,
+                    reply.retry_after.isoformat())
     if reply.replaced:
         logger.info("Key %r: job %s replaced job %s", p.key, job_id, reply.replaced)
     elif reply.follow_up_of:
@@ -356,4 +369,4 @@ def to_admission(p: Prepared, reply: AdmitReply) -> Admission:
     else:
         logger.debug("Key %r: admitted job %s (%s)", p.key, job_id, p.mode)
     return Admission(True, job_id, status, job=p.job, recovered=recovered, replaced=reply.replaced,
-                     follow_up_of=reply.follow_up_of)
+                     follow_up_of=reply.follow_up_of, retry_after=reply.retry_after)

@@ -26,7 +26,7 @@ from rq import Queue
 
 from . import scripts, steps
 from .admission import Prepared
-from .core import DedupCore
+from .core import DEFAULT_RETENTION, DedupCore
 from .errors import InvalidRequestError
 from .keys import Key
 from .models import Admission, EnqueueRequest, OnConflict, SlotStatus
@@ -55,10 +55,12 @@ class AsyncDeduplicator(DedupCore):
     def __init__(self, queue: Queue, *, connection: Any, rq_connection: redis.Redis | None = None,
                  namespace: str = "dedupkit", job_id_prefix: str = "job", due_margin: float = 60.0,
                  gc_budget: int = 2, gc_min_age: float = 60.0, allow_eviction: bool = False,
-                 min_replicas: int = 0, replica_timeout: float = 1.0) -> None:
+                 min_replicas: int = 0, replica_timeout: float = 1.0, cooldown: timedelta | None = None,
+                 retention: timedelta = DEFAULT_RETENTION) -> None:
         super().__init__(queue, namespace=namespace, job_id_prefix=job_id_prefix, due_margin=due_margin,
                          gc_budget=gc_budget, gc_min_age=gc_min_age, allow_eviction=allow_eviction,
-                         min_replicas=min_replicas, replica_timeout=replica_timeout)
+                         min_replicas=min_replicas, replica_timeout=replica_timeout, cooldown=cooldown,
+                         retention=retention)
         if not queue.is_async:
             raise InvalidRequestError("AsyncDeduplicator cannot run jobs inline (Queue(is_async=False)); "
                                       "use Deduplicator")
@@ -80,25 +82,28 @@ class AsyncDeduplicator(DedupCore):
     # -- admission -----------------------------------------------------------------
 
     async def enqueue(self, key: Key, func: Any, *args: Any, on_conflict: OnConflict | str = OnConflict.REJECT,
-                      **kwargs: Any) -> Admission:
+                      cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """See ``Deduplicator.enqueue``."""
-        return await self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict)))
+        return await self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict,
+                                                                 cooldown=cooldown)))
 
     async def enqueue_at(self, when: datetime, key: Key, func: Any, *args: Any,
-                         on_conflict: OnConflict | str = OnConflict.REJECT, **kwargs: Any) -> Admission:
+                         on_conflict: OnConflict | str = OnConflict.REJECT,
+                         cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """See ``Deduplicator.enqueue_at``."""
         if not isinstance(when, datetime):
             raise InvalidRequestError(f"when must be a datetime, not {type(when).__name__}")
         return await self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=when,
-                                                                 on_conflict=on_conflict)))
+                                                                 on_conflict=on_conflict, cooldown=cooldown)))
 
     async def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any,
-                         on_conflict: OnConflict | str = OnConflict.REJECT, **kwargs: Any) -> Admission:
+                         on_conflict: OnConflict | str = OnConflict.REJECT,
+                         cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """See ``Deduplicator.enqueue_in``."""
         if not isinstance(delta, timedelta):
             raise InvalidRequestError(f"delta must be a timedelta, not {type(delta).__name__}")
         return await self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=delta,
-                                                                 on_conflict=on_conflict)))
+                                                                 on_conflict=on_conflict, cooldown=cooldown)))
 
     async def enqueue_many(self, requests: Iterable[EnqueueRequest], *, batch_size: int = 500,
                            raise_errors: bool = True) -> list[Admission]:

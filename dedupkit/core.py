@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -30,13 +31,29 @@ from .steps import Blocking, Command, Flow, Script
 
 logger = logging.getLogger("dedupkit")
 
+DEFAULT_RETENTION = timedelta(days=7)
+# Longer than any sensible cooldown or retention, and far from where seconds as a float lose precision.
+MAX_PERIOD = timedelta(days=3650)
+
+
+def check_period(name: str, value: object, *, positive: bool = False) -> timedelta:
+    """``value`` as a cooldown or retention: a timedelta, >= 0 (> 0 if ``positive``), at most 10 years."""
+    if not isinstance(value, timedelta):
+        raise InvalidRequestError(f"{name} must be a timedelta, not {type(value).__name__}")
+    if value < timedelta(0) or (positive and value == timedelta(0)):
+        raise InvalidRequestError(f"{name} must be {'>' if positive else '>='} 0, got {value}")
+    if value > MAX_PERIOD:
+        raise InvalidRequestError(f"{name} must be at most {MAX_PERIOD.days} days, got {value}")
+    return value
+
 
 class DedupCore:
     """Settings and operations of a Deduplicator, without a transport; see ``Deduplicator``."""
 
     def __init__(self, queue: Queue, *, namespace: str = "dedupkit", job_id_prefix: str = "job",
                  due_margin: float = 60.0, gc_budget: int = 2, gc_min_age: float = 60.0,
-                 allow_eviction: bool = False, min_replicas: int = 0, replica_timeout: float = 1.0) -> None:
+                 allow_eviction: bool = False, min_replicas: int = 0, replica_timeout: float = 1.0,
+                 cooldown: timedelta | None = None, retention: timedelta = DEFAULT_RETENTION) -> None:
         if not isinstance(queue, Queue):
             raise InvalidRequestError(f"queue must be an rq.Queue, not {type(queue).__name__}")
         if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
@@ -44,6 +61,9 @@ class DedupCore:
         if (isinstance(replica_timeout, bool) or not isinstance(replica_timeout, (int, float))
                 or not 0 < replica_timeout < 3600):
             raise InvalidRequestError(f"replica_timeout must be seconds in (0, 3600), got {replica_timeout!r}")
+        self.retention = check_period("retention", retention, positive=True)
+        self.cooldown = check_period("cooldown", timedelta(0) if cooldown is None else cooldown)
+        self.cooldown_seconds(self.cooldown)
         self.min_replicas = min_replicas
         self.replica_timeout = float(replica_timeout)
         self.queue = queue
@@ -67,6 +87,15 @@ class DedupCore:
 
     def _prepare(self, request: EnqueueRequest) -> Prepared:
         return prepare(self, request)
+
+    def cooldown_seconds(self, cooldown: object) -> float:
+        """A request's cooldown in seconds (None: this Deduplicator's). A cooldown longer than
+        the retention is refused: the last-run record it is measured from could expire first."""
+        period = self.cooldown if cooldown is None else check_period("cooldown", cooldown)
+        if period > self.retention:
+            raise InvalidRequestError(f"cooldown {period} is longer than the retention of last runs "
+                                      f"({self.retention}); raise retention= to at least the cooldown")
+        return period.total_seconds()
 
     # -- admission -----------------------------------------------------------------
 
@@ -103,7 +132,8 @@ class DedupCore:
         k, call = self.keys, self._admit_call
         keys = call.key_list([k.job_key(p.job.id) for p in batch])
         args = call.arg_list({"n": len(batch), "gc_budget": self.gc_budget, "gc_min_age": self.gc_min_age,
-                              "due_margin": self.due_margin, "now_text": utcformat(rq_now())})
+                              "due_margin": self.due_margin, "now_text": utcformat(rq_now()),
+                              "retention": self.retention.total_seconds()})
         for p in batch:
             args += p.argv()
         limited = [p for p in batch if p.rate_limit is not None]

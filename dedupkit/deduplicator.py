@@ -14,7 +14,7 @@ from rq import Queue
 
 from . import inline, operators, requeue, scripts, steps
 from .admission import Prepared as _Prepared
-from .core import DedupCore
+from .core import DEFAULT_RETENTION, DedupCore
 from .errors import InvalidRequestError
 from .keys import Key
 from .models import Admission, EnqueueRequest, OnConflict, RequeueResult, SlotStatus
@@ -49,15 +49,23 @@ class Deduplicator(DedupCore):
     connection's ``socket_timeout`` must exceed ``replica_timeout``.
 
     A ``Queue(is_async=False)`` runs each admitted job inline, as RQ does; see ``enqueue``.
+
+    ``cooldown``: a timedelta (default None: none) each admission waits after the key's
+    last run ended; see ``enqueue``. ``retention`` (default 7 days): how long a key's
+    last-run record (``SlotStatus.last_run``) is kept after the run ended; admissions drop
+    expired ones a few at a time. It must be at least the cooldown (else
+    InvalidRequestError: the cooldown is read from that record). Both at most 3650 days.
     """
 
     def __init__(self, queue: Queue, *, namespace: str = "dedupkit", job_id_prefix: str = "job",
                  due_margin: float = 60.0, gc_budget: int = 2, gc_min_age: float = 60.0,
                  allow_eviction: bool = False,
-                 min_replicas: int = 0, replica_timeout: float = 1.0) -> None:
+                 min_replicas: int = 0, replica_timeout: float = 1.0, cooldown: timedelta | None = None,
+                 retention: timedelta = DEFAULT_RETENTION) -> None:
         super().__init__(queue, namespace=namespace, job_id_prefix=job_id_prefix, due_margin=due_margin,
                          gc_budget=gc_budget, gc_min_age=gc_min_age, allow_eviction=allow_eviction,
-                         min_replicas=min_replicas, replica_timeout=replica_timeout)
+                         min_replicas=min_replicas, replica_timeout=replica_timeout, cooldown=cooldown,
+                         retention=retention)
         self.connection = queue.connection
         self._scripts = scripts.Scripts(self.connection)
 
@@ -67,7 +75,7 @@ class Deduplicator(DedupCore):
     # -- admission -----------------------------------------------------------------
 
     def enqueue(self, key: Key, func: Any, *args: Any, on_conflict: OnConflict | str = OnConflict.REJECT,
-                **kwargs: Any) -> Admission:
+                cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """Enqueue ``func(*args, **kwargs)`` for ``key`` now, unless a job for it is pending.
 
         ``kwargs`` are read as ``Queue.enqueue`` reads them (job_timeout, result_ttl,
@@ -82,6 +90,16 @@ class Deduplicator(DedupCore):
         running holder is kept) or "follow_up"
         (when the holder runs, admit this job to run once after it ends, success or
         failure; one follow-up per key, later requests are coalesced into it).
+
+        ``cooldown`` (None: the Deduplicator's; ``timedelta(0)``: none): when nothing is
+        pending but the key's last run ended (any final status: finished, failed, stopped,
+        canceled, its worker dead, its hash gone) less than ``cooldown`` ago, the answer
+        is a conflict with ``reason`` 'cooldown' and ``retry_after`` (aware UTC) when the
+        key reopens, decided in the same script call. With "follow_up" the job is admitted
+        instead, scheduled by RQ's scheduler for ``retry_after`` (run it with
+        ``rq worker --with-scheduler``). The end is RQ's ``ended_at`` capped at Redis's
+        clock, or when a script first saw the end if RQ wrote none. A cooldown longer than
+        ``retention`` raises InvalidRequestError.
         With ``Queue(is_async=False)`` the admitted job runs inline before this returns,
         as RQ's ``enqueue`` does; ``Admission.job`` holds its result and ``status`` the
         slot after it (free, ``last_run`` the job's final status).
@@ -89,10 +107,12 @@ class Deduplicator(DedupCore):
         EvictionPolicyError, RedisUnavailableError (RedisRefusedError when the server
         refuses: READONLY, OOM, ...).
         """
-        return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict)))
+        return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, on_conflict=on_conflict,
+                                                           cooldown=cooldown)))
 
     def enqueue_at(self, when: datetime, key: Key, func: Any, *args: Any,
-                   on_conflict: OnConflict | str = OnConflict.REJECT, **kwargs: Any) -> Admission:
+                   on_conflict: OnConflict | str = OnConflict.REJECT,
+                   cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """Schedule ``func`` for ``key`` at ``when`` (run by ``rq worker --with-scheduler``).
 
         The job holds the slot from now on. ``when`` must carry a time zone: a naive
@@ -104,15 +124,16 @@ class Deduplicator(DedupCore):
         if not isinstance(when, datetime):
             raise InvalidRequestError(f"when must be a datetime, not {type(when).__name__}")
         return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=when,
-                                                           on_conflict=on_conflict)))
+                                                           on_conflict=on_conflict, cooldown=cooldown)))
 
     def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any,
-                   on_conflict: OnConflict | str = OnConflict.REJECT, **kwargs: Any) -> Admission:
+                   on_conflict: OnConflict | str = OnConflict.REJECT,
+                   cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """Schedule ``func`` for ``key`` to run ``delta`` from now (delta >= 0)."""
         if not isinstance(delta, timedelta):
             raise InvalidRequestError(f"delta must be a timedelta, not {type(delta).__name__}")
         return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=delta,
-                                                           on_conflict=on_conflict)))
+                                                           on_conflict=on_conflict, cooldown=cooldown)))
 
     def enqueue_many(self, requests: Iterable[EnqueueRequest], *, batch_size: int = 500,
                      raise_errors: bool = True) -> list[Admission]:
@@ -161,9 +182,10 @@ class Deduplicator(DedupCore):
 
     def stats(self) -> dict[str, int]:
         """The decision counters of this queue, as the scripts count them: admitted,
-        conflict, replaced, follow_up, recovered, dead, collision, error, replayed
-        (admit.lua), cancelled (cancel, and a follow-up withdrawn by a replace), swept (gc
-        and sweep). A counter never incremented is absent. One HGETALL."""
+        conflict, replaced, follow_up, recovered, dead, collision, error, replayed,
+        cooldown (refused within a cooldown), expired (last-run records dropped after the
+        retention) (admit.lua), cancelled (cancel, and a follow-up withdrawn by a replace),
+        swept (gc and sweep). A counter never incremented is absent. One HGETALL."""
         return self._run(self._stats_flow())
 
     # -- cancelling ----------------------------------------------------------------

@@ -30,13 +30,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
 from rq import Queue
 
 from . import keys, legacy, scripts
+from .core import DEFAULT_RETENTION, check_period
 from .deduplicator import Deduplicator
 from .errors import InvalidRequestError, RedisUnavailableError, ScriptError
 from .models import Admission, SlotStatus
@@ -52,6 +53,8 @@ class _Config:
     job_id_prefix: str = DEFAULT_JOB_ID_PREFIX
     legacy_scan: bool = True
     namespace: str = "dedupkit"
+    cooldown: timedelta | None = None
+    retention: timedelta = DEFAULT_RETENTION
 
 
 _config = _Config()
@@ -59,7 +62,8 @@ _checked_queues: set[str] = set()  # queue names asked about "unknown to RQ?" (o
 
 
 def configure(*, job_id_prefix: str | None = None, legacy_scan: bool | None = None,
-              namespace: str | None = None) -> None:
+              namespace: str | None = None, cooldown: timedelta | None = None,
+              retention: timedelta | None = None) -> None:
     """Set, once at start-up, what every function here uses.
 
     ``job_id_prefix``: the ids are ``<prefix>_<user>_<µs>``; set the prefix your old code
@@ -67,6 +71,8 @@ def configure(*, job_id_prefix: str | None = None, legacy_scan: bool | None = No
     ``legacy_scan``: also find old-style jobs by id (see the README's migration section);
     turn it off once no process runs the old code and ``dedupkit adopt`` has run.
     ``namespace``: the Deduplicator's namespace (default ``dedupkit``).
+    ``cooldown``/``retention``: the Deduplicator's (see ``Deduplicator``); ``timedelta(0)``
+    turns a configured cooldown off.
     """
     if job_id_prefix is not None:
         _config.job_id_prefix = keys.validate_prefix(job_id_prefix)
@@ -76,6 +82,13 @@ def configure(*, job_id_prefix: str | None = None, legacy_scan: bool | None = No
         _config.legacy_scan = legacy_scan
     if namespace is not None:
         _config.namespace = namespace
+    if cooldown is not None or retention is not None:
+        new_cooldown = _config.cooldown if cooldown is None else check_period("cooldown", cooldown)
+        new_retention = _config.retention if retention is None else check_period("retention", retention,
+                                                                                  positive=True)
+        if new_cooldown is not None and new_cooldown > new_retention:
+            raise InvalidRequestError(f"cooldown {new_cooldown} is longer than the retention {new_retention}")
+        _config.cooldown, _config.retention = new_cooldown, new_retention
 
 
 def job_id_prefix() -> str:
@@ -86,7 +99,8 @@ def job_id_prefix() -> str:
 def deduplicator(redis_conn: Redis, queue_name: str = "default") -> Deduplicator:
     """The Deduplicator these functions use for ``queue_name`` (the configured prefix and namespace)."""
     return Deduplicator(Queue(queue_name, connection=redis_conn), namespace=_config.namespace,
-                        job_id_prefix=_config.job_id_prefix)
+                        job_id_prefix=_config.job_id_prefix, cooldown=_config.cooldown,
+                        retention=_config.retention)
 
 
 def generate_job_id(user_id: keys.Key, timestamp: float | datetime | None = None) -> str:
@@ -211,16 +225,17 @@ def get_user_job_status(redis_conn: Redis, user_id: keys.Key, queue_name: str = 
 
 
 def enqueue(redis_conn: Redis, user_id: keys.Key, func: Any, *args: Any, queue_name: str = "default",
-            on_conflict: str = "reject", **kwargs: Any) -> Admission:
+            on_conflict: str = "reject", cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
     """Admit ``func(*args, **kwargs)`` for the user on ``queue_name`` unless a job of theirs
     is pending, old-style ones included: ``Deduplicator.enqueue`` after the legacy scan.
 
     A pending old-style job found by the scan is first given the user's free slot (the
     ``adopt`` script, which takes a slot only for a pending job), so the admission answers
-    a conflict with it, and every later admission does too, scan or not. Raises as
+    a conflict with it, and every later admission does too, scan or not. ``cooldown``:
+    None for the configured one (``configure``), else this call's. Raises as
     ``Deduplicator.enqueue`` does (RedisUnavailableError on an outage).
     """
     dedup = deduplicator(redis_conn, queue_name)
     if _config.legacy_scan:
         _adopt_or_raise(dedup, user_id, legacy.scan(dedup, user_id, _config.job_id_prefix))
-    return dedup.enqueue(user_id, func, *args, on_conflict=on_conflict, **kwargs)
+    return dedup.enqueue(user_id, func, *args, on_conflict=on_conflict, cooldown=cooldown, **kwargs)

@@ -52,6 +52,7 @@ class KeySpace:
     stats: str  # hash: decision -> count
     followups: str  # hash: encoded dedup key -> id of the follow-up waiting for the running holder
     last: str  # hash: encoded dedup key -> "<job id>|<final status>|<ended at>" of its last run
+    history: str  # zset: encoded dedup key -> when its last run ended (epoch s, Redis clock); trims `last`
     queue: str  # RQ queue list
     intermediate: str  # RQ's list of ids a worker of one queue has dequeued, not yet started
     queues: str  # RQ set of queue keys
@@ -74,6 +75,7 @@ class KeySpace:
             stats=f"{base}:stats:{queue.name}",
             followups=f"{base}:followups:{queue.name}",
             last=f"{base}:last:{queue.name}",
+            history=f"{base}:history:{queue.name}",
             queue=queue.key,
             intermediate=queue.intermediate_queue_key,
             queues=queue.redis_queues_keys,

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .keys import Key
 
 
-Reason = Literal["running", "dequeued", "due", "ready", "not_running", "repeating", "coalesced"]
+Reason = Literal["running", "dequeued", "due", "ready", "not_running", "repeating", "coalesced", "cooldown"]
 """Why a conflict policy could not apply (``Admission.reason``)."""
 Recovered = Literal["gone", "ended", "dead", "lost"]
 """Why a previous holder was stale when its slot was taken over (``Admission.recovered``)."""
@@ -161,9 +161,13 @@ class Admission:
     worker is starting it), 'due' (RQ's scheduler may be promoting it), 'not_running'
     (no follow-up for a job that has not started), 'ready' (RQ 3 is moving the holder, a
     follow-up whose own holder ended, onto the queue), 'repeating' (the holder has RQ repeats
-    left, and RQ would start a follow-up beside its next repeat) or 'coalesced' (a
-    follow-up already waits; ``job_id`` is that follow-up's). A call that redis-py replayed
+    left, and RQ would start a follow-up beside its next repeat), 'coalesced' (a
+    follow-up already waits; ``job_id`` is that follow-up's) or 'cooldown' (nothing is pending,
+    but the key's last run ended less than the cooldown ago: ``job_id`` is that run's job,
+    ``retry_after`` when the key reopens). A call that redis-py replayed
     after a lost reply answers ``admitted`` for the job its first run admitted.
+    A ``"follow_up"`` that meets a cooldown is admitted scheduled at the key's reopening;
+    its ``retry_after`` is that time too (``status.scheduled_for``).
 
     ``confirmed`` is None unless the Deduplicator was built with ``min_replicas``: then
     True when at least that many replicas acknowledged the decision's writes within
@@ -184,6 +188,7 @@ class Admission:
     reason: Reason | None = None
     replicas: int | None = None
     confirmed: bool | None = None
+    retry_after: datetime | None = None
 
     @property
     def conflict(self) -> bool:
@@ -198,7 +203,8 @@ class EnqueueRequest:
     result_ttl, meta, at_front, ...) are taken out, the rest go to ``func``. ``at`` is
     None for an immediate job, a datetime to schedule at, or a timedelta from now.
     ``on_conflict`` is an ``OnConflict`` or its string: "reject" (default), "replace" or
-    "follow_up" (see Deduplicator.enqueue).
+    "follow_up" (see Deduplicator.enqueue). ``cooldown`` is None for the Deduplicator's,
+    or a timedelta for this request (``timedelta(0)``: none).
     """
 
     key: Key
@@ -207,6 +213,7 @@ class EnqueueRequest:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     at: datetime | timedelta | None = None
     on_conflict: OnConflict | str = OnConflict.REJECT
+    cooldown: timedelta | None = None
 
 
 @dataclass(frozen=True)

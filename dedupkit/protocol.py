@@ -90,23 +90,24 @@ _RQ_READ = ("job_prefix", "executions_prefix")
 ADMIT = Contract(
     "admit.lua",
     keys=("slots", "gc", "stats", "followups", "queue", "queues", "scheduled", "started", "deferred", "canceled",
-          "last", "intermediate"),
+          "last", "intermediate", "history"),
     argv=(*_RQ_READ, "n", "gc_budget", "gc_min_age", "due_margin", "now_text", "dependents_template",
-          "dependencies_template", "rate_limited_template"),
+          "dependencies_template", "rate_limited_template", "retention"),
     more_keys="job", more_argv="requests",
-    request_argv=("field", "job_id", "mode", "run_at", "job_ttl", "policy", "nfields"),
+    request_argv=("field", "job_id", "mode", "run_at", "job_ttl", "policy", "cooldown", "nfields"),
 )
 STATUS = Contract("status.lua", keys=("slots", "followups", "scheduled", "started", "last", "intermediate"),
                   argv=_RQ_READ, more_argv="fields")
 CANCEL = Contract(
     "cancel.lua",
     keys=("slots", "gc", "stats", "followups", "queue", "scheduled", "started", "deferred", "canceled", "last",
-          "intermediate"),
+          "intermediate", "history"),
     argv=(*_RQ_READ, "field", "due_margin", "now_text", "dependents_template", "rate_limited_template"),
 )
 SWEEP = Contract(
     "sweep.lua",
-    keys=("slots", "gc", "stats", "followups", "queue", "scheduled", "started", "deferred", "last", "intermediate"),
+    keys=("slots", "gc", "stats", "followups", "queue", "scheduled", "started", "deferred", "last", "intermediate",
+          "history"),
     argv=(*_RQ_READ, "now_text", "dependents_template"), more_argv="fields",
 )
 ADOPT = Contract("adopt.lua", keys=("slots", "gc", "followups", "scheduled", "started", "intermediate"),
@@ -192,6 +193,7 @@ class AdmitReply:
     reason: Reason | None  # conflict: why the policy could not apply
     waiting_follow_up: str | None  # conflict: the follow-up waiting behind the running holder
     replaced_rate_limit: str | None  # admitted: the replaced job's RQ 3 rate limit key
+    retry_after: datetime | None  # conflict 'cooldown': when the key reopens; admitted 'cooldown': its run time
     message: str | None  # error: what failed
     last: LastRun | None  # the key's last run after the decision (the 10th field)
 
@@ -201,6 +203,7 @@ class AdmitReply:
         action, _, other = note.partition(":")
         admitted = decision == "admitted"
         conflict = decision == "conflict"
+        cooling = note == "cooldown"
         return cls(
             decision=cast(Decision, decision), job_id=job_id,
             rq_status="" if decision == "error" else rq_status,
@@ -210,9 +213,10 @@ class AdmitReply:
             follow_up_of=other if admitted and action == "follow_up" else None,
             replayed=admitted and note == "replayed",
             reason=cast(Reason, note) if conflict and note else None,
-            waiting_follow_up=extra if conflict and extra else None,
+            waiting_follow_up=extra if conflict and extra and not cooling else None,
             replaced_rate_limit=extra if admitted and extra else None,
             message=rq_status if decision == "error" else None,
+            retry_after=(_epoch(extra) if conflict else _epoch(scheduled_for)) if cooling else None,
             last=last_run(last),
         )
 

@@ -58,7 +58,9 @@ class ScheduleEntry:
     ``next_run`` None or in the past means overdue: enqueue now. It must carry a time
     zone: a naive datetime is a bad entry (NaiveDatetimeError, logged and counted), since
     RQ and Python read naive times an hour apart in winter. ``kwargs`` are read as ``rq.Queue.enqueue`` reads them
-    (job_timeout, result_ttl, meta, ... are RQ's; the rest go to ``func``).
+    (job_timeout, result_ttl, meta, ... are RQ's; the rest go to ``func``). ``cooldown``: None
+    for the Deduplicator's, or this key's (see ``Deduplicator.enqueue``); a key cooling down
+    is skipped and logged like a pending one.
     """
 
     key: Key
@@ -66,6 +68,7 @@ class ScheduleEntry:
     func: Any
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    cooldown: timedelta | None = None
 
 
 @dataclass
@@ -253,7 +256,8 @@ class Scheduler:
         if when is not None and when > limit:
             return None, None
         at = when if when is not None and when > now else None
-        return EnqueueRequest(entry.key, entry.func, tuple(entry.args), dict(entry.kwargs), at=at), at
+        return EnqueueRequest(entry.key, entry.func, tuple(entry.args), dict(entry.kwargs), at=at,
+                              cooldown=entry.cooldown), at
 
     def _skip_pending(self, batch: list[tuple[EnqueueRequest, datetime | None]],
                       result: TickResult) -> list[tuple[EnqueueRequest, datetime | None]]:
@@ -306,6 +310,10 @@ class Scheduler:
                               _fmt(datetime.now(timezone.utc)))
             else:
                 self.log.info("Scheduled job %s for %s at %s", admission.job_id, who, _fmt(at))
+        elif admission.reason == "cooldown":
+            result.skipped += 1
+            self.log.info("Skipping job scheduling for %s - cooling down after job %s: next run possible at %s",
+                          who, admission.job_id, _fmt(admission.retry_after) if admission.retry_after else "?")
         else:
             result.skipped += 1
             self.log.info("Skipping job scheduling for %s - job already pending: %s", who,

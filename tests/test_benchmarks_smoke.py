@@ -61,6 +61,8 @@ def test_memory_quick(real_server: RedisServer, tmp_path: Path) -> None:
     data = quick(memory, real_server, tmp_path)
     assert data["finished"]["after_second_tick"]["slot_fields"] == data["finished"]["keys"]
     assert data["pending"]["dedupkit_bytes_per_key"] > 0
+    assert data["targets"]["history_bounded_after_retention"]
+    assert data["history"]["recorded"]["records"] >= data["finished"]["keys"]
 
 
 def test_script_cost_quick(real_server: RedisServer, tmp_path: Path) -> None:

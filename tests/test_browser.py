@@ -2,8 +2,9 @@
 sign in, click TRIGGER PROCESSING twice quickly, see the success then the conflict, ask
 for a follow-up run while the job runs, click a third time and read what waits, watch the
 status and the messages follow the real jobs run by a real rq worker (in words, no job
-ids) and the last run appear; the admin lands on the admin page, which lists a slot and
-cancels it; a non-admin opening /admin gets the app's own page."""
+ids) and the last run appear; a click within the cooldown says when the next run is
+possible; the admin lands on the admin page, which lists a slot and cancels it; a
+non-admin opening /admin gets the app's own page."""
 
 from __future__ import annotations
 
@@ -60,11 +61,11 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def make_app(tmp_path: Path, real_server: RedisServer) -> Any:
+def make_app(tmp_path: Path, real_server: RedisServer, **extra: Any) -> Any:
     # 4 s jobs: time to see "running" (the page polls every second), ask for a follow-up and click again.
     return create_app({"SECRET_KEY": "browser", "DATABASE": str(tmp_path / "app.sqlite3"),
                        "REDIS_URL": real_server.url, "SEED_DEMO_USERS": True, "DEMO_PASSWORD": PASSWORD,
-                       "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000", "JOB_SECONDS": 4.0})
+                       "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000", "JOB_SECONDS": 4.0, **extra})
 
 
 @pytest.fixture
@@ -268,3 +269,46 @@ def test_admin_sees_the_slot_and_the_counters_and_cancels_a_queued_job(browser: 
 
     browser.get(f"{idle_site.url}/metrics")
     assert 'dedupkit_decisions_total{decision="cancelled",queue="email_processing"} 1.0' in browser.page_source
+
+
+
+@pytest.fixture
+def cooldown_site(tmp_path: Path, real_server: RedisServer, real_redis: redis.Redis,
+                  workers: Callable[..., RQWorker]) -> Iterator[BackgroundServer]:
+    """1 s jobs, and a 60 s cooldown after each run."""
+    app = make_app(tmp_path, real_server, JOB_SECONDS=1.0, COOLDOWN_SECONDS=60.0)
+    workers("email_processing", scheduler=True)
+    with serving(app) as server:
+        yield server
+
+
+def test_a_click_within_the_cooldown_says_when_the_next_run_is_possible(browser: Any,
+                                                                       cooldown_site: BackgroundServer) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    sign_in(browser, cooldown_site.url, "bob")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Email Automation")
+    button = browser.find_element(By.ID, "trigger")
+    button.click()
+    message = browser.find_element(By.ID, "message")
+    wait.until(lambda d: message.get_attribute("data-kind") == "success")
+    last_run = browser.find_element(By.ID, "last-run")
+    wait.until(lambda d: last_run.get_attribute("data-status") == "finished")  # the run ended
+    button.click()
+    wait.until(lambda d: message.get_attribute("data-kind") == "cooldown")
+    shown = re.fullmatch(r"Email processing ran a moment ago\. The next run is possible at (.+)\.", message.text)
+    assert shown, message.text
+    # The run's end (RQ's ended_at, the status API's last_run) + 60 s, in the browser's zone.
+    expected = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch("/api/email-automation/status", {credentials: "same-origin"}).then(r => r.json()).then(body => {
+          const ended = new Date(body.job_status.last_run.ended_at).getTime();
+          done(new Date(ended + 60000).toLocaleTimeString());
+        });""")
+    assert shown.group(1) == expected
+    assert [li.get_attribute("data-kind") for li in browser.find_elements(By.CSS_SELECTOR, "#history li")] == [
+        "success", "cooldown"]
+    assert browser.find_element(By.ID, "job-status").text == "No email processing job is pending."

@@ -17,6 +17,7 @@ from rq import Queue
 from examples.flask_app import create_app, db
 from examples.flask_app.app import (
     CONFLICT_ERROR,
+    COOLDOWN_ERROR,
     FOLLOW_UP_NOT_RUNNING_ERROR,
     FOLLOW_UP_WAITING_ERROR,
     make_deduplicator,
@@ -496,3 +497,30 @@ def test_admin_lands_on_admin_and_a_non_admin_gets_the_apps_403_page(app: Flask)
     assert "Forbidden" not in html
     missing = other.get("/no-such-page")
     assert missing.status_code == 404 and "Page not found" in missing.get_data(as_text=True)
+
+
+# -- cooldown --------------------------------------------------------------------------
+
+
+def test_a_trigger_within_the_cooldown_is_429_with_retry_after(tmp_path: Path, real_redis: redis.Redis) -> None:
+    app = make_app(tmp_path, real_redis, COOLDOWN_SECONDS=120.0)
+    client = app.test_client()
+    token = login(client, "alice")
+    job_id = client.post(TRIGGER, headers={"X-CSRF-Token": token}).get_json()["job_id"]
+    rqstate.run_all(Queue("email_processing", connection=real_redis))
+    refused = client.post(TRIGGER, headers={"X-CSRF-Token": token})
+    assert refused.status_code == 429
+    body = refused.get_json()
+    assert body["reason"] == "cooldown" and body["success"] is False
+    reopens = datetime.fromisoformat(body["retry_after"])
+    assert reopens.utcoffset() == timedelta(0)
+    assert body["error"] == COOLDOWN_ERROR.format(when=reopens.strftime("%H:%M:%S UTC"))
+    assert 110 <= int(refused.headers["Retry-After"]) <= 121
+    assert int(refused.headers["Retry-After"]) == body["retry_after_seconds"]
+    assert body["job_status"]["last_run"]["job_id"] == job_id and body["job_status"]["pending"] is False
+    # "Run again" during the cooldown: scheduled for when it ends.
+    follow = client.post(FOLLOW_UP, headers={"X-CSRF-Token": token})
+    assert follow.status_code == 202
+    scheduled = follow.get_json()
+    assert scheduled["job_status"]["state"] == "scheduled"
+    assert datetime.fromisoformat(scheduled["retry_after"]) >= reopens

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import fakeredis
 import pytest
@@ -113,10 +113,12 @@ def test_the_last_run_keeps_rqs_own_ended_at(dedup: Deduplicator, queue: Queue) 
     adm = dedup.enqueue("u", TASK, "x")
     rqstate.run_all(queue)
     ended = Job.fetch(adm.job_id, connection=queue.connection).ended_at
-    queue.connection.hset(f"rq:job:{adm.job_id}", "ended_at", "2001-02-03T04:05:06.000007Z")
+    # An hour ago: within the retention (an end older than that is dropped as expired).
+    when = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(microsecond=7)
+    queue.connection.hset(f"rq:job:{adm.job_id}", "ended_at", when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
     dedup.enqueue("u", TASK, "x")
     assert ended is not None
-    assert _last(dedup) == (adm.job_id, "finished", datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone.utc))
+    assert _last(dedup) == (adm.job_id, "finished", when)
 
 
 def _finish(queue: Queue, job_id: str, execution: object) -> None:
@@ -425,7 +427,8 @@ def test_a_request_count_that_does_not_match_the_keys_is_refused(dedup: Deduplic
     prepared = dedup._prepare(EnqueueRequest("u", TASK, ("x",)))
     call = protocol.ADMIT.bind(dedup.keys)
     keys = call.key_list([dedup.keys.job_key(prepared.job.id)])  # one job key ...
-    args = call.arg_list({"n": 2, "gc_budget": 0, "gc_min_age": 0, "due_margin": 0, "now_text": ""},
+    args = call.arg_list({"n": 2, "gc_budget": 0, "gc_min_age": 0, "due_margin": 0, "now_text": "",
+                          "retention": 3600},
                          prepared.argv())  # ... but n = 2
     with pytest.raises(ScriptError, match="ARGV\\[3\\]=2 but 1 job keys"):
         dedup._scripts.call(protocol.ADMIT, keys, args)

@@ -5,7 +5,8 @@
 -- job_prefix, exec_prefix, dependents, rate_limited} (entries a script does not need are
 -- nil; 'dependents' is RQ's string.format template of a job's dependents set,
 -- 'rate_limited' RQ 3's template of a rate limit's waiting zset, '' on RQ 2; 'last' is the
--- hash of each key's last run, "<job id>|<final status>|<ended at>").
+-- hash of each key's last run, "<job id>|<final status>|<ended at>"; 'history' the zset
+-- indexing it by when each run ended, epoch s on the Redis clock).
 --
 -- dk_now()        Redis server time, epoch seconds (float). Every lease, due time and
 --                 gc age is judged by this clock, one for every client. (The RQ-format
@@ -24,9 +25,14 @@
 --      starting it: see dk_lost)
 -- dk_release(K, job_id, parent_id, enqueued_at)
 --   enqueue a waiting follow-up as RQ does a deferred job whose parent ended
--- dk_remember(K, field, job_id, reason, now_text)
+-- dk_remember(K, field, job_id, reason, now_text, now) -> ended (epoch s, Redis clock)
 --   record a holder that is over as the key's last run (status 'dead', 'gone' or 'lost'
---   when that is why; else RQ's status; ended at: RQ's ended_at, else now_text)
+--   when that is why; else RQ's status; ended at: RQ's ended_at, else now_text), and
+--   index it in K.history (when given) by when it ended: dk_ended, or the earlier end
+--   already indexed for this same job
+-- dk_ended(ended_at, now) -> epoch s   when a run ended, on the Redis clock: RQ's
+--   ended_at (the worker's clock) no later than now; now when there is none
+-- dk_epoch(text) -> epoch s | nil   an RQ-format UTC time ('2026-01-02T03:04:05.123456Z')
 -- dk_resolve(K, field, now, write, enqueued_at)
 --   -> holder_id, info, reason, follow_id   the slot's pending job (info nil when free),
 --      and a waiting follow-up. When the holder is over, its follow-up becomes the holder
@@ -230,9 +236,48 @@ local function dk_release(K, job_id, parent_id, enqueued_at)
   end
 end
 
-local function dk_remember(K, field, job_id, reason, now_text)
+-- Days since 1970-01-01 of a civil date (H. Hinnant's days_from_civil).
+local function dk_days(y, m, d)
+  if m <= 2 then
+    y = y - 1
+  end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m > 2) and (m - 3) or (m + 9)
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function dk_epoch(text)
+  local y, mo, d, h, mi, sec, frac = string.match(text or '',
+    '^(%d%d%d%d)-(%d%d)-(%d%d)T(%d%d):(%d%d):(%d%d)%.?(%d*)')
+  if not y then
+    return nil
+  end
+  local t = dk_days(tonumber(y), tonumber(mo), tonumber(d)) * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60
+    + tonumber(sec)
+  if frac ~= '' then
+    t = t + tonumber(frac) / 10 ^ #frac
+  end
+  return t
+end
+
+-- A run's end on the one clock every decision uses. RQ's ended_at is the worker's clock:
+-- one running ahead of Redis's would stretch a cooldown past its length, so it is capped
+-- at now. Without one (a cancel, a dead worker, a hash already gone) the end is when a
+-- script first saw it, now: never earlier than the truth.
+local function dk_ended(ended_at, now)
+  local t = dk_epoch(ended_at)
+  if not t or t > now then
+    return now
+  end
+  return t
+end
+
+local function dk_remember(K, field, job_id, reason, now_text, now)
   if not K.last then
-    return
+    return nil
   end
   local f = redis.call('HMGET', K.job_prefix .. job_id, 'status', 'ended_at')
   local status = f[1] or 'gone'
@@ -243,7 +288,18 @@ local function dk_remember(K, field, job_id, reason, now_text)
   if not ended or ended == '' then
     ended = now_text
   end
+  local at = dk_ended(f[2], now)
+  if K.history then
+    -- The same run seen again (gc after an admission saw it, a dead job RQ then marked
+    -- failed): its end never moves later, or a run without ended_at would be re-dated.
+    local before = redis.call('HGET', K.last, field)
+    if before and string.sub(before, 1, #job_id + 1) == job_id .. '|' then
+      at = math.min(at, tonumber(redis.call('ZSCORE', K.history, field)) or at)
+    end
+    redis.call('ZADD', K.history, at, field)
+  end
   redis.call('HSET', K.last, field, job_id .. '|' .. status .. '|' .. ended)
+  return at
 end
 
 local function dk_resolve(K, field, now, write, enqueued_at)
@@ -271,7 +327,7 @@ local function dk_resolve(K, field, now, write, enqueued_at)
   -- waits, runs, or has run too (it is then the key's last run).
   if write then
     if holder then
-      dk_remember(K, field, holder, reason, enqueued_at)
+      dk_remember(K, field, holder, reason, enqueued_at, now)
     end
     if finfo and finfo[1] == 'deferred' then
       dk_release(K, follow, holder, enqueued_at)

@@ -13,8 +13,14 @@
 --              the holder ends, success or failure); a waiting follow-up answers
 --              'conflict' with its id; a holder not running, or one with RQ repeats
 --              left (RQ would run the follow-up beside its next repeat): 'conflict'
+-- Free, but the request's cooldown (its ARGV 'cooldown') has not passed since the key's
+-- last run ended (the history zset's score: dk_ended, Redis clock): 'conflict' with note
+-- 'cooldown' and when the key may run again; a follow_up request is admitted instead as
+-- a job scheduled at that time (note 'cooldown'), which holds the slot while it waits.
 -- Then check up to ARGV[4] of the least recently checked slots and delete those whose
--- job has ended, so slots of finished jobs do not pile up.
+-- job has ended, so slots of finished jobs do not pile up, and drop the last-run records
+-- of runs that ended more than ARGV[11] seconds ago, the oldest first, as many as gc's
+-- budget plus one per request (a request adds at most one record): bounded history.
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>, field = encoded dedup key, value = job id
 -- KEYS[2]  gc zset          <ns>:gc:<q>, member = encoded key, score = last check (epoch s)
@@ -28,10 +34,11 @@
 -- KEYS[10] canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
 -- KEYS[11] last hash        <ns>:last:<q>, field = encoded key, value = "<job id>|<status>|<ended at>"
 -- KEYS[12] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
--- KEYS[13..] job hash       rq:job:<new job id>, one per request, in request order
+-- KEYS[13] history zset     <ns>:history:<q>, member = encoded key, score = when its last run ended (epoch s)
+-- KEYS[14..] job hash       rq:job:<new job id>, one per request, in request order
 -- ARGV[1]  job_prefix       "rq:job:" (for holders' ids, which Python cannot know)
 -- ARGV[2]  executions_prefix "rq:executions:"
--- ARGV[3]  n                number of requests (= #KEYS - 12)
+-- ARGV[3]  n                number of requests (= #KEYS - 13)
 -- ARGV[4]  gc_budget        slots to check per request (of the least recently checked;
 --                           at most 100 a call, or the budget itself if larger; >= 0)
 -- ARGV[5]  gc_min_age       seconds a slot must be unchecked before gc looks at it
@@ -41,7 +48,8 @@
 -- ARGV[9]  dependencies_template RQ's key of a job's dependencies set, "rq:job::%s:dependencies"
 -- ARGV[10] rate_limited_template RQ 3's key of a rate limit's waiting zset, "rq:rl:%s:rate_limited";
 --                           '' on RQ 2 (for withdrawing a 'rate_limited' holder)
--- ARGV[11..] requests, per request, in order:
+-- ARGV[11] retention        seconds a last-run record is kept after its run ended (> 0)
+-- ARGV[12..] requests, per request, in order:
 --          field            encoded dedup key
 --          job_id           the new job's id
 --          mode             'back' (RPUSH), 'front' (LPUSH), 'schedule' (ZADD KEYS[7]) or (RQ 3)
@@ -50,6 +58,7 @@
 --          run_at           epoch seconds for 'schedule', '' otherwise
 --          job_ttl          seconds the job hash may live before it runs, 0 = no expiry
 --          policy           'reject', 'replace' or 'follow_up'
+--          cooldown         seconds the key stays closed after its last run ended, 0 = none
 --          nfields          number of job hash field/value pairs that follow
 --          field, value...  2 * nfields strings, the RQ job hash (status already set)
 -- Reply: one array per request (10 fields; the 10th, last_run, is the key's last-run record
@@ -58,12 +67,15 @@
 --     recovered = '' or why the previous holder was stale ('gone'|'ended'|'dead'|'lost');
 --     replaced_rl = the replaced job's RQ 3 rate limit key, '' if none (Python then runs
 --     RQ's RateLimitRegistry.cancel for it, as RQ's Job.cancel does);
---     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>' | 'replayed'
+--     note = '' | 'replaced:<old id>' | 'follow_up:<running holder id>' | 'replayed' |
+--            'cooldown' (a follow_up scheduled at the cooldown's end: scheduled_for)
 --     (a replay: rq_status .. scheduled_for describe the job now, all '' once it ended)
 --   {'conflict', holder_id, rq_status, enqueued_at, started_at, scheduled_for, '', note, follow_up_id, last_run}
 --     note = '' | why the policy could not apply ('running'|'dequeued'|'due'|'ready'|
---            'not_running'|'repeating'|'coalesced' (job_id is then the waiting follow-up))
---     follow_up_id = '' or the follow-up waiting behind a running holder
+--            'not_running'|'repeating'|'coalesced' (job_id is then the waiting follow-up)|
+--            'cooldown' (no holder: job_id is the last run's, rq_status .. scheduled_for '')
+--     follow_up_id = '' or the follow-up waiting behind a running holder; for 'cooldown',
+--            when the key may be admitted again (epoch s, Redis clock)
 --   {'collision', job_id, '', '', '', '', '', '', '', last_run}   the job hash existed; nothing written
 --   {'error', job_id, message, '', '', '', '', '', '', ''}  this request failed (damaged data);
 --     its writes may be partial only if the failure came after the first write
@@ -71,13 +83,13 @@
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[7], started = KEYS[8],
   deferred = KEYS[9], canceled = KEYS[10], last = KEYS[11], intermediate = KEYS[12], job_prefix = ARGV[1],
-  exec_prefix = ARGV[2], dependents = ARGV[8], rate_limited = ARGV[10],
+  exec_prefix = ARGV[2], dependents = ARGV[8], rate_limited = ARGV[10], history = KEYS[13],
 }
 local dependencies_tpl = ARGV[9]
 local gc_key, stats_key, queues_key = KEYS[2], KEYS[3], KEYS[6]
 local n, gc_budget, gc_min_age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local due_margin, now_text = tonumber(ARGV[6]), ARGV[7]
-local FIXED_KEYS, FIRST_REQUEST = 12, 11
+local due_margin, now_text, retention = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[11])
+local FIXED_KEYS, FIRST_REQUEST, REQUEST_FIELDS = 13, 12, 8
 
 if n ~= #KEYS - FIXED_KEYS then
   return redis.error_reply('ERR admit.lua: ARGV[3]=' .. tostring(ARGV[3]) .. ' but ' .. (#KEYS - FIXED_KEYS)
@@ -116,7 +128,7 @@ local function apply_policy(policy, field, holder, info, follow)
     local outcome = dk_withdraw(K, holder, info, now, due_margin)
     if outcome == 'cancelled' then
       replaced_rl = redis.call('HGET', K.job_prefix .. holder, 'rate_limit_key') or ''
-      dk_remember(K, field, holder, nil, now_text)
+      dk_remember(K, field, holder, nil, now_text, now)
       -- A waiting follow-up belongs to the holder being replaced: it goes too (a deferred
       -- job always can; one RQ 3 already moved on is left to run and keeps its entry).
       if follow and dk_withdraw(K, follow, dk_pending(K, follow, now), now, due_margin) == 'cancelled' then
@@ -142,6 +154,25 @@ local function apply_policy(policy, field, holder, info, follow)
     end
   end
   return admit, note, parent, replaced_rl, holder, info
+end
+
+-- When the free key may run again: its last run's end (dk_ended) plus cooldown, while
+-- that is ahead; nil otherwise. A holder just found over is recorded as the last run
+-- first (dk_remember dates a run once: seen again, its end never moves later).
+local function cooling(field, holder, reason, cooldown)
+  if cooldown <= 0 then
+    return nil
+  end
+  local ended
+  if holder and reason then
+    ended = dk_remember(K, field, holder, reason, now_text, now)
+  else
+    ended = tonumber(redis.call('ZSCORE', K.history, field))
+  end
+  if ended and ended + cooldown > now then
+    return ended + cooldown
+  end
+  return nil
 end
 
 -- Write the prepared RQ job hash (an existing one was refused before) and register the
@@ -203,7 +234,7 @@ local function place(mode, job_id, run_at, rl_key, field, holder, reason)
   end
   if holder and reason then
     count('recovered')
-    dk_remember(K, field, holder, reason, now_text)
+    dk_remember(K, field, holder, reason, now_text, now)
   end
   redis.call('HSET', K.slots, field, job_id)
   return scheduled_for
@@ -215,8 +246,8 @@ end
 -- either answer the conflict or write the job and take the slot (or wait behind it).
 local function decide(i, pos, last)
   local field, job_id, mode, run_at = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
-  local job_ttl, policy = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
-  local first = pos + 7
+  local job_ttl, policy, cooldown = tonumber(ARGV[pos + 4]), ARGV[pos + 5], tonumber(ARGV[pos + 6])
+  local first = pos + REQUEST_FIELDS
   local job_key = KEYS[FIXED_KEYS + i]
 
   local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
@@ -230,6 +261,16 @@ local function decide(i, pos, last)
     return { 'collision', job_id, '', '', '', '', '', '', '' }
   end
 
+  local reopens = (not info) and cooling(field, holder, reason, cooldown)
+  if reopens and mode == 'schedule' and tonumber(run_at) >= reopens then
+    reopens = nil  -- scheduled to run after the cooldown anyway
+  end
+  if reopens and policy ~= 'follow_up' then
+    count('cooldown')
+    local last_id = string.match(redis.call('HGET', K.last, field) or '', '^([^|]*)|') or ''
+    return { 'conflict', last_id, '', '', '', '', '', 'cooldown', string.format('%.6f', reopens) }
+  end
+
   local admit, note, parent, replaced_rl
   admit, note, parent, replaced_rl, holder, info = apply_policy(policy, field, holder, info, follow)
   if not admit then
@@ -239,6 +280,14 @@ local function decide(i, pos, last)
   end
 
   local status, enqueued_at, rl_key = write_job(job_key, job_ttl, mode, first, last)
+  if reopens then
+    -- A follow_up waits out the cooldown in RQ's scheduled registry, as enqueue_at's
+    -- jobs do; RQ's scheduler queues it at the first whole second the key reopens.
+    -- As RQ's enqueue_at writes it: 'scheduled', enqueued_at '' (its scheduler sets it).
+    mode, run_at, note = 'schedule', math.ceil(reopens), 'cooldown'
+    status, enqueued_at = 'scheduled', ''
+    redis.call('HSET', job_key, 'status', status, 'enqueued_at', enqueued_at)
+  end
   local scheduled_for
   if parent then
     status, enqueued_at, scheduled_for = defer(job_key, job_id, field, parent)
@@ -252,8 +301,8 @@ end
 
 local pos = FIRST_REQUEST
 for i = 1, n do
-  local nfields = tonumber(ARGV[pos + 6])
-  local last = pos + 6 + 2 * nfields
+  local nfields = tonumber(ARGV[pos + REQUEST_FIELDS - 1])
+  local last = pos + REQUEST_FIELDS - 1 + 2 * nfields
   local ok, reply = pcall(decide, i, pos, last)
   if not ok then
     count('error')
@@ -277,7 +326,7 @@ local function collect(field)
     redis.call('ZADD', gc_key, now, field)
   else
     if holder then
-      dk_remember(K, field, holder, reason, now_text)
+      dk_remember(K, field, holder, reason, now_text, now)
     end
     redis.call('HDEL', K.slots, field)
     redis.call('ZREM', gc_key, field)
@@ -295,6 +344,18 @@ if budget > 0 then
       redis.call('ZADD', gc_key, now, field)  -- look again later, after the others
     end
   end
+end
+
+-- Bounded history: last-run records whose run ended more than `retention` seconds ago.
+local trim = budget + n
+if retention and retention > 0 then
+  pcall(function()
+    for _, field in ipairs(redis.call('ZRANGEBYSCORE', K.history, '-inf', now - retention, 'LIMIT', 0, trim)) do
+      redis.call('HDEL', K.last, field)
+      redis.call('ZREM', K.history, field)
+      count('expired')
+    end
+  end)
 end
 
 pcall(function()

@@ -23,6 +23,7 @@
 -- KEYS[9]  canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
 -- KEYS[10] last hash        <ns>:last:<q>
 -- KEYS[11] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
+-- KEYS[12] history zset     <ns>:history:<q>, member = encoded key, score = when its last run ended (epoch s)
 -- ARGV[1]  job_prefix       "rq:job:"
 -- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3]  field            encoded dedup key
@@ -41,7 +42,8 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], canceled = KEYS[9], last = KEYS[10], intermediate = KEYS[11], job_prefix = ARGV[1],
+  deferred = KEYS[8], canceled = KEYS[9], last = KEYS[10], intermediate = KEYS[11], history = KEYS[12],
+  job_prefix = ARGV[1],
   exec_prefix = ARGV[2], dependents = ARGV[6], rate_limited = ARGV[7],
 }
 local gc_key, stats_key = KEYS[2], KEYS[3]
@@ -51,7 +53,7 @@ local now = dk_now()
 local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
 if not info then
   if holder then
-    dk_remember(K, field, holder, reason, now_text)
+    dk_remember(K, field, holder, reason, now_text, now)
     redis.call('HDEL', K.slots, field)
     redis.call('ZREM', gc_key, field)
   end
@@ -73,7 +75,7 @@ local outcome = dk_withdraw(K, holder, info, now, due_margin)
 if outcome ~= 'cancelled' then
   return { outcome, holder, info[1], '' }
 end
-dk_remember(K, field, holder, nil, now_text)
+dk_remember(K, field, holder, nil, now_text, now)
 redis.call('HDEL', K.slots, field)
 redis.call('ZREM', gc_key, field)
 redis.call('HINCRBY', stats_key, 'cancelled', 1)

@@ -12,6 +12,7 @@
 -- KEYS[8]  deferred zset    rq:deferred:<q>
 -- KEYS[9]  last hash        <ns>:last:<q>
 -- KEYS[10] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
+-- KEYS[11] history zset     <ns>:history:<q>, member = encoded key, score = when its last run ended (epoch s)
 -- ARGV[1]  job_prefix       "rq:job:"
 -- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3]  now_text         RQ-format UTC time, enqueued_at of a follow-up released here
@@ -21,7 +22,8 @@
 
 local K = {
   slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], last = KEYS[9], intermediate = KEYS[10], job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[4],
+  deferred = KEYS[8], last = KEYS[9], intermediate = KEYS[10], history = KEYS[11],
+  job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[4],
 }
 local gc_key, stats_key, now_text = KEYS[2], KEYS[3], ARGV[3]
 
@@ -31,7 +33,7 @@ for i = 5, #ARGV do
   local field = ARGV[i]
   local holder, info, reason = dk_resolve(K, field, now, true, now_text)
   if not info and holder then
-    dk_remember(K, field, holder, reason, now_text)
+    dk_remember(K, field, holder, reason, now_text, now)
   end
   if not info and redis.call('HDEL', K.slots, field) == 1 then
     redis.call('ZREM', gc_key, field)

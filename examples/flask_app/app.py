@@ -18,6 +18,9 @@ Configuration (``config`` overrides the environment):
   METRICS_TOKEN EMAIL_APP_METRICS_TOKEN: a bearer token that may read /metrics (admins
                 signed in may read it too); unset: admins only.
   ALLOW_EVICTION  EMAIL_APP_ALLOW_EVICTION=1: admit even on a Redis that may evict keys.
+  COOLDOWN_SECONDS EMAIL_APP_COOLDOWN_SECONDS (default 0, none): after a user's run ends,
+                  the next one may start only this many seconds later; a trigger within
+                  it answers 429 with a Retry-After header, a follow-up is scheduled for then.
 
 Authorization comes from the signed session only: no endpoint reads a user id from the
 request. Every POST needs the session's CSRF token (form field ``csrf_token`` or header
@@ -29,11 +32,12 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import math
 import os
 import secrets
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
@@ -78,6 +82,7 @@ FOLLOW_UP_WAITING_ERROR = "A follow-up run is already waiting"
 FOLLOW_UP_WHEN = "it will start when the current job ends"
 FOLLOW_UP_NOT_RUNNING_ERROR = ("Your job has not started yet, so it will process all new mail when it runs: "
                                "no follow-up run is needed")
+COOLDOWN_ERROR = "Email processing ran a moment ago; the next run is possible at {when}"
 DEFAULT_DEMO_PASSWORD = "dedupkit-demo"
 # What /metrics answers with: the Prometheus text format generate_latest() writes.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -86,16 +91,19 @@ DECISIONS = ("admitted", "conflict", "replaced", "follow_up", "recovered", "dead
 
 
 def make_deduplicator(connection: redis.Redis, queue_name: str = QUEUE_NAME, *,
-                      allow_eviction: bool | None = None) -> Deduplicator:
+                      allow_eviction: bool | None = None, cooldown_seconds: float | None = None) -> Deduplicator:
     """The Deduplicator the app, the scheduler and the tests share: same queue, same prefix.
 
     ``allow_eviction`` defaults to EMAIL_APP_ALLOW_EVICTION=1: admit on a Redis whose
     maxmemory-policy may evict keys (refused otherwise, see dedupkit's README).
+    ``cooldown_seconds`` defaults to EMAIL_APP_COOLDOWN_SECONDS (0: no cooldown).
     """
     if allow_eviction is None:
         allow_eviction = os.environ.get("EMAIL_APP_ALLOW_EVICTION") == "1"
+    if cooldown_seconds is None:
+        cooldown_seconds = float(os.environ.get("EMAIL_APP_COOLDOWN_SECONDS", "0"))
     return Deduplicator(Queue(queue_name, connection=connection), job_id_prefix=JOB_ID_PREFIX,
-                        allow_eviction=allow_eviction)
+                        allow_eviction=allow_eviction, cooldown=timedelta(seconds=cooldown_seconds))
 
 
 def redis_from_url(url: str) -> redis.Redis:
@@ -139,6 +147,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         ADMIN_PAGE_SIZE=50,
         METRICS_TOKEN=os.environ.get("EMAIL_APP_METRICS_TOKEN") or None,
         ALLOW_EVICTION=os.environ.get("EMAIL_APP_ALLOW_EVICTION") == "1",
+        COOLDOWN_SECONDS=float(os.environ.get("EMAIL_APP_COOLDOWN_SECONDS", "0")),
     )
     app.config.update(config or {})
     # The app's job ids are the seed's (email_process_<user>_<µs>): dedupkit's functional API
@@ -153,7 +162,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         db.seed_demo_users(app.config["DATABASE"], app.config["DEMO_PASSWORD"],
                            hash_method=app.config["PASSWORD_HASH_METHOD"])
     connection = app.config["REDIS"] or redis_from_config(app.config["REDIS_URL"], app.config["SENTINEL"])
-    dedup = make_deduplicator(connection, app.config["QUEUE_NAME"], allow_eviction=app.config["ALLOW_EVICTION"])
+    dedup = make_deduplicator(connection, app.config["QUEUE_NAME"], allow_eviction=app.config["ALLOW_EVICTION"],
+                              cooldown_seconds=app.config["COOLDOWN_SECONDS"])
     app.extensions["dedupkit"] = dedup
 
     _register(app, dedup)
@@ -186,6 +196,17 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
 
     def error(status: int, message: str, **extra: Any) -> tuple[Response, int]:
         return jsonify({"success": False, "error": message, **extra}), status
+
+    def cooling_down(admission: Admission) -> tuple[Response, int]:
+        """429 Too Many Requests: the user's last run ended less than the cooldown ago.
+        Retry-After (whole seconds, RFC 9110) and the JSON say when the next run is possible."""
+        assert admission.retry_after is not None
+        wait = max(1, math.ceil((admission.retry_after - datetime.now(timezone.utc)).total_seconds()))
+        response, code = error(429, COOLDOWN_ERROR.format(when=admission.retry_after.strftime("%H:%M:%S UTC")),
+                               reason="cooldown", retry_after=admission.retry_after.isoformat(),
+                               retry_after_seconds=wait, job_status=admission.status.to_dict())
+        response.headers["Retry-After"] = str(wait)
+        return response, code
 
     @app.before_request
     def load_user() -> None:
@@ -287,6 +308,10 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
             logger.info("User %s triggered job %s", user.id, admission.job_id)
             return jsonify({"success": True, "job_id": admission.job_id,
                             "job_status": admission.status.to_dict()}), 202
+        if admission.reason == "cooldown":
+            logger.info("User %s trigger refused: cooling down after job %s until %s", user.id, admission.job_id,
+                        admission.retry_after)
+            return cooling_down(admission)
         logger.info("User %s trigger refused: job %s is %s", user.id, admission.job_id,
                     admission.status.state and admission.status.state.value)
         # The conflict's status says whether a follow-up already waits (follow_up_job_id):
@@ -308,7 +333,9 @@ def _register(app: Flask, dedup: Deduplicator) -> None:
         if admission.admitted:
             # follow_up_of is None when the job had ended meanwhile: then this is a plain run now.
             logger.info("User %s requested job %s after %s", user.id, admission.job_id, admission.follow_up_of)
+            # retry_after is set when the run waits out the cooldown (scheduled for then).
             return jsonify({"success": True, "job_id": admission.job_id, "follow_up_of": admission.follow_up_of,
+                            "retry_after": admission.retry_after.isoformat() if admission.retry_after else None,
                             "job_status": admission.status.to_dict()}), 202
         logger.info("User %s follow-up refused (%s): job %s", user.id, admission.reason, admission.job_id)
         if admission.reason == "coalesced":

@@ -20,6 +20,8 @@
   // The jobs the current message is about: when none of them is pending any more, the
   // message has become untrue and is cleared (the history keeps it).
   let messageJobs = [];
+  // When the cooldown the current message speaks of ends (ms since epoch), else 0.
+  let cooldownUntil = 0;
 
   function parts(js) {
     const out = [];
@@ -81,6 +83,13 @@
     return "An email processing job is already pending for your account. Status: " + parts(js) + ".";
   }
 
+  // 429: the last run ended less than the cooldown ago. Says when the next run is possible
+  // (the server's time, shown in the browser's time zone).
+  function cooldownText(iso) {
+    return "Email processing ran a moment ago. The next run is possible at " +
+           new Date(iso).toLocaleTimeString() + ".";
+  }
+
   async function trigger() {
     const answer = await post("/api/email-automation/trigger");
     if (!answer) return;
@@ -91,6 +100,9 @@
       const js = body.job_status || {};
       show(conflictText(js), "conflict", [js.job_id, js.follow_up_job_id]);
       setOffer(js);
+    } else if (response.status === 429 && body.reason === "cooldown") {
+      show(cooldownText(body.retry_after), "cooldown");
+      cooldownUntil = new Date(body.retry_after).getTime();
     } else {
       otherAnswer(response, body);
     }
@@ -103,7 +115,10 @@
     if (!answer) return;
     const response = answer.response, body = answer.body;
     if (response.status === 202 && body.success) {
-      if (body.follow_up_of) {
+      if (body.retry_after) {  // waits out the cooldown, scheduled
+        show("Email processing is scheduled for " + new Date(body.retry_after).toLocaleTimeString() +
+             ", when the cooldown ends.", "success", [body.job_id]);
+      } else if (body.follow_up_of) {
         show("A follow-up run will start when the current job ends.", "success", [body.follow_up_of, body.job_id]);
       } else {  // the job ended meanwhile: this run starts now
         show("Email processing started.", "success", [body.job_id]);
@@ -136,6 +151,12 @@
   // Keep the message true: a conflict is re-worded as its job moves on (queued, running,
   // a follow-up waiting); any message whose jobs are all over is cleared.
   function followState(js) {
+    if (message.dataset.kind === "cooldown" && cooldownUntil && Date.now() >= cooldownUntil) {
+      message.textContent = "";  // the next run is possible now
+      message.className = "message";
+      message.dataset.kind = "";
+      cooldownUntil = 0;
+    }
     if (!messageJobs.length) return;
     const live = js && js.pending ? [js.job_id, js.follow_up_job_id].filter(Boolean) : [];
     if (!messageJobs.some(function (id) { return live.includes(id); })) {
