@@ -27,8 +27,6 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.utils import now as rq_now
-from rq.utils import utcformat
 
 from dedupkit import Deduplicator, EnqueueRequest
 from dedupkit.scripts import source
@@ -50,12 +48,7 @@ class Scenario:
     def payload(self, key: str) -> tuple[list[str], list[Any]]:
         """admit.lua's KEYS and ARGV for enqueue(key, process, 0), as Deduplicator sends them."""
         d = self.dedup
-        p = d._prepare(EnqueueRequest(key, process, (0,)))
-        call = d._admit_call
-        keys = call.key_list([d.keys.job_key(p.job.id)])
-        args = call.arg_list({"n": 1, "gc_budget": d.gc_budget, "gc_min_age": d.gc_min_age,
-                              "due_margin": d.due_margin, "now_text": utcformat(rq_now())})
-        return keys, args + p.argv()
+        return d.admit_request([d._prepare(EnqueueRequest(key, process, (0,)))])
 
     def setup(self, name: str, n: int) -> Callable[[], object]:
         """Untimed preparation; returns the operation to repeat n times."""

@@ -126,9 +126,8 @@ class DedupCore:
                 results[index] = admission
         return [a for a in results if a is not None]
 
-    def _admit_flow(self, batch: Sequence[Prepared]) -> Flow[list[Admission]]:
-        if not self._eviction_checked:
-            yield from self._eviction_flow()
+    def admit_request(self, batch: Sequence[Prepared]) -> tuple[list[str], list[Any]]:
+        """admit.lua's KEYS and ARGV for ``batch``, exactly as ``_admit_flow`` sends them."""
         k, call = self.keys, self._admit_call
         keys = call.key_list([k.job_key(p.job.id) for p in batch])
         args = call.arg_list({"n": len(batch), "gc_budget": self.gc_budget, "gc_min_age": self.gc_min_age,
@@ -136,6 +135,13 @@ class DedupCore:
                               "retention": self.retention.total_seconds()})
         for p in batch:
             args += p.argv()
+        return keys, args
+
+    def _admit_flow(self, batch: Sequence[Prepared]) -> Flow[list[Admission]]:
+        if not self._eviction_checked:
+            yield from self._eviction_flow()
+        call = self._admit_call
+        keys, args = self.admit_request(batch)
         limited = [p for p in batch if p.rate_limit is not None]
         if limited:
             yield Blocking(lambda conn: _register_rate_limits(conn, limited))

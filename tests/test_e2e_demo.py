@@ -20,6 +20,8 @@ from examples.flask_app.client import Client
 
 from .support import ROOT, RedisServer, wait_for
 
+_URL = re.compile(r"^URL: (http://127\.0\.0\.1:\d+/)")
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -69,8 +71,9 @@ def test_demo_serves_runs_a_job_conflicts_and_stops_on_ctrl_c(tmp_path: Path, re
             except queue.Empty:
                 assert proc.poll() is None, "".join(output)
                 continue
-            if line.startswith("URL: "):
-                url = line.split()[1]
+            found = _URL.search(line)  # the worker's and the scheduler's lines share the pipe
+            if found:
+                url = found.group(1)
         assert url, "the demo printed no URL:\n" + "".join(output)
         text = "".join(output)
         assert "alice  / pw-demo" in text

@@ -319,7 +319,7 @@ def banner(app_url: str, password: str, redis_url: str, redis_what: str, childre
     metrics = ("bearer token from EMAIL_APP_METRICS_TOKEN, or signed in as admin"
                if os.environ.get("EMAIL_APP_METRICS_TOKEN") else "signed in as admin")
     pids = ", ".join(f"{c.name} pid {c.proc.pid}" for c in children)
-    print(f"""
+    text = f"""
 ========================================================================
  dedupkit demo is running
    Open:   {app_url}/
@@ -332,7 +332,12 @@ def banner(app_url: str, password: str, redis_url: str, redis_what: str, childre
  Sign in, click TRIGGER PROCESSING, click it again while the job runs.
  Press Ctrl-C to stop everything.
 ========================================================================
-URL: {app_url}/""", flush=True)
+URL: {app_url}/
+"""
+    # One write: the worker and the scheduler print to the same terminal (or pipe) at the same
+    # time, and a line of theirs must not land inside the URL line.
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
