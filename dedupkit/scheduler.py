@@ -124,7 +124,8 @@ class Scheduler:
     lease is renewed every ``lease_ttl / 3`` and between batches.
     ``precheck``: read each batch's statuses first (one read-only call) and build jobs only
     for keys that may be free; on a steady schedule most keys are pending, and building
-    their jobs is most of a tick (default True). Admission stays atomic either way.
+    their jobs is most of a tick (default True). Admission stays atomic either way; a
+    skip is logged and counted in ``stats()`` as the conflict it stands for.
     """
 
     def __init__(self, dedup: Deduplicator, source: EntrySource, *, interval: float = 60.0,
@@ -259,10 +260,16 @@ class Scheduler:
                       result: TickResult) -> list[tuple[EnqueueRequest, datetime | None]]:
         """Skip the keys whose job is pending, read with one status_many call.
 
-        Only a shortcut: a job is built only for a key that may be free, and the admission
-        still decides atomically (a key that was free here may conflict there). A skip here
-        is the same answer a conflict would have been a moment later; it is not counted
-        in ``Deduplicator.stats()``.
+        Only a shortcut, and it opens no window: nothing is written on what this read says.
+        A skipped key is left as it is, which is what the admission would have done with a
+        pending key; if its job ends between this read and the admission, the key is free
+        and the next tick admits it (the same as a job ending just after a conflict). A key
+        read as free goes to the admission script, which reads the slot again and decides
+        atomically: if a job took it in between, the answer is a conflict. So a key never
+        gets a second job through the precheck, and at most one tick passes before a freed
+        key is admitted. A skip is logged as the conflict it stands for and counted as one
+        in ``Deduplicator.stats()`` (one HINCRBY per batch), so the counters and metrics read
+        the same with the precheck on or off.
         """
         readable = [i for i, (request, _) in enumerate(batch) if _valid_key(request.key)]
         try:
@@ -277,6 +284,7 @@ class Scheduler:
                 self._record(request, at, held(pending[i]), result)
             else:
                 rest.append((request, at))
+        self.dedup._run(self.dedup._count_flow("conflict", len(pending)))
         return rest
 
     def _admit(self, batch: list[tuple[EnqueueRequest, datetime | None]], result: TickResult) -> None:
