@@ -346,3 +346,32 @@ def test_one_replica_leads_and_another_takes_over_when_it_dies(real_server: Redi
         tb.join(5)
     assert real_redis.get(b.lease_key) is None  # a clean stop gives the lease up
     assert len({key_of(i) for i in pending_ids(Queue("sched", connection=real_redis))}) == 5
+
+
+def test_precheck_reads_a_batch_only_while_the_previous_one_found_keys_pending(
+        rqueue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    dedup = Deduplicator(rqueue)
+    reads: list[int] = []
+    real = dedup.status_many
+
+    def spy(keys, **kw):  # type: ignore[no-untyped-def]
+        keys = list(keys)
+        reads.append(len(keys))
+        return real(keys, **kw)
+
+    monkeypatch.setattr(dedup, "status_many", spy)
+    sched = Scheduler(dedup, lambda: entries(500, future_every=None), interval=60, batch_size=100, leader_lease=False)
+    first = sched.tick()
+    assert first.admitted == 500 and reads == [100]  # the first batch found nothing pending: no more reads
+    reads.clear()
+    second = sched.tick()
+    assert second.skipped == 500 and reads == [100] * 5  # all pending: every batch read, no job built
+    for uid in range(100):
+        assert dedup.cancel(uid)
+    reads.clear()
+    third = sched.tick()
+    # Batch 1 read, all free; batch 2 not read, its 100 conflicts come from the script, so
+    # batches 3 to 5 are read again. The counters see 400 conflicts either way.
+    assert (third.admitted, third.skipped) == (100, 400) and reads == [100] * 4
+    assert dedup.stats()["conflict"] == 900
+    assert len(pending_ids(rqueue)) == 500
