@@ -162,8 +162,9 @@ class Deduplicator(DedupCore):
     def stats(self) -> dict[str, int]:
         """The decision counters of this queue, as the scripts count them: admitted,
         conflict, replaced, follow_up, recovered, dead, collision, error, replayed
-        (admit.lua), cancelled (cancel, and a follow-up withdrawn by a replace), swept (gc
-        and sweep). A counter never incremented is absent. One HGETALL."""
+        (admit.lua; conflict also counts the Scheduler's precheck skips), cancelled (cancel,
+        and a follow-up withdrawn by a replace), swept (gc and sweep). A counter never
+        incremented is absent. One HGETALL."""
         return self._run(self._stats_flow())
 
     # -- cancelling ----------------------------------------------------------------
