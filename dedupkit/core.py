@@ -221,6 +221,12 @@ class DedupCore:
         raw: dict[bytes, bytes] = yield Command("hgetall", (self.keys.stats,))
         return {name.decode(): int(value) for name, value in raw.items()}
 
+    def _count_flow(self, decision: str, n: int) -> Flow[None]:
+        """Add ``n`` to one decision counter of ``stats()``: the Scheduler's precheck skips,
+        conflicts answered from a status read before any script call (one HINCRBY)."""
+        if n > 0:
+            yield Command("hincrby", (self.keys.stats, decision, n))
+
     # -- cancelling ----------------------------------------------------------------
 
     def _cancel_flow(self, key: Key, stop_running: bool) -> Flow[bool]:

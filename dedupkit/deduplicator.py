@@ -184,8 +184,9 @@ class Deduplicator(DedupCore):
         """The decision counters of this queue, as the scripts count them: admitted,
         conflict, replaced, follow_up, recovered, dead, collision, error, replayed,
         cooldown (refused within a cooldown), expired (last-run records dropped after the
-        retention) (admit.lua), cancelled (cancel, and a follow-up withdrawn by a replace),
-        swept (gc and sweep). A counter never incremented is absent. One HGETALL."""
+        retention) (admit.lua; conflict also counts the Scheduler's precheck skips),
+        cancelled (cancel, and a follow-up withdrawn by a replace), swept (gc and sweep). A
+        counter never incremented is absent. One HGETALL."""
         return self._run(self._stats_flow())
 
     # -- cancelling ----------------------------------------------------------------

@@ -13,6 +13,7 @@ send what this module builds and hand back what it decodes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -131,8 +132,23 @@ def text(value: bytes | str | None) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+# What RQ's utcparse attaches (its versions differ); read once, so the fast path agrees.
+_RQ_TZ = utcparse("2000-01-01T00:00:00.000000Z").tzinfo
+_RQ_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z").fullmatch
+
+
 def _rq_time(value: str) -> datetime | None:
-    return utcparse(value) if value else None
+    """RQ's timestamp as ``rq.utils.utcparse`` reads it. Its own format
+    (``YYYY-MM-DDTHH:MM:SS.ffffffZ``) goes through ``fromisoformat``, 5x quicker than
+    ``strptime`` (a status read decodes one per key); anything else through utcparse."""
+    if not value:
+        return None
+    if _RQ_FORMAT(value):
+        try:
+            return datetime.fromisoformat(value[:26]).replace(tzinfo=_RQ_TZ)
+        except ValueError:  # e.g. February 30th: utcparse raises its own error
+            pass
+    return utcparse(value)
 
 
 def _epoch(value: str) -> datetime | None:

@@ -40,8 +40,12 @@ def test_admission_quick(real_server: RedisServer, tmp_path: Path) -> None:
 
 def test_batch_quick(real_server: RedisServer, tmp_path: Path) -> None:
     data = quick(batch, real_server, tmp_path)
-    assert data["tick_first"]["admitted"] == data["tick_first"]["keys"]
-    assert data["tick_second"]["conflicts"] == data["tick_second"]["keys"]
+    first, second, first_plain, second_plain = data["ticks"]
+    assert [t["precheck"] for t in data["ticks"]] == [True, True, False, False]
+    for t in (first, first_plain):
+        assert t["admitted"] == t["keys"] and t["conflicts"] == 0
+    for t in (second, second_plain):
+        assert t["conflicts"] == t["keys"] and t["admitted"] == 0
 
 
 def test_status_quick(real_server: RedisServer, tmp_path: Path) -> None:

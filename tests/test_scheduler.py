@@ -15,6 +15,7 @@ from rq import Queue
 from dedupkit import Deduplicator
 from dedupkit.scheduler import ScheduleEntry, Scheduler
 
+from .snapshot import violations
 from .support import RedisServer, wait_for
 
 TASK = "tests.tasks.work"
@@ -111,10 +112,56 @@ def test_precheck_builds_no_job_for_a_pending_user(rqueue: Queue, precheck: bool
     second = sched.tick()
     assert (second.admitted, second.skipped, second.errors) == (1, N - 1, 0)
     assert len(pending_ids(rqueue)) == N
-    # With the precheck only user 7's job is built; the skips are the scheduler's, not
-    # admission conflicts, so they are not in the decision counters.
+    # With the precheck only user 7's job is built; its skips are counted as the conflicts
+    # they stand for, so the decision counters read the same either way.
     assert built == (["7"] if precheck else [str(uid) for uid in range(N)])
-    assert dedup.stats().get("conflict", 0) == (0 if precheck else N - 1)
+    assert dedup.stats().get("conflict", 0) == N - 1
+
+
+def test_precheck_opens_no_window_between_the_read_and_the_admission(
+        rqueue: Queue, real_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Between a batch's status read and its admission call, user "freed"'s job is
+    cancelled (the read said pending) and another client admits a job for user "taken"
+    (the read said free). The tick skips "freed" and the script refuses "taken": never a
+    second job. The next tick, reading afresh, admits "freed"."""
+    dedup = Deduplicator(rqueue)
+    other = Deduplicator(Queue("sched", connection=redis.Redis.from_url(real_server.url)))
+    overdue = datetime.now(timezone.utc) - timedelta(minutes=1)
+    users = ["freed", "taken"]
+    sched = Scheduler(dedup, lambda: [ScheduleEntry(u, overdue, TASK, ("x",)) for u in users], interval=60,
+                      leader_lease=False)
+    held = dedup.enqueue("freed", TASK, "x")
+    real = dedup.status_many
+    taken: list[str] = []
+
+    def read_then_race(keys, **kw):  # type: ignore[no-untyped-def]
+        statuses = real(keys, **kw)
+        assert [s.pending for s in statuses] == [True, False]
+        assert dedup.cancel("freed")
+        taken.append(other.enqueue("taken", TASK, "y").job_id)
+        return statuses
+
+    monkeypatch.setattr(dedup, "status_many", read_then_race)
+    with caplog.at_level(logging.INFO, logger="dedupkit.scheduler"):
+        first = sched.tick()
+    assert (first.admitted, first.skipped, first.errors) == (0, 2, 0)
+    outcome = dict(first.admissions)
+    assert outcome["freed"].job_id == held.job_id and not outcome["freed"].admitted
+    assert outcome["taken"].job_id == taken[0] and not outcome["taken"].admitted
+    skips = [r.getMessage() for r in caplog.records if "job already pending" in r.getMessage()]
+    assert len(skips) == 2 and held.job_id in skips[0] and taken[0] in skips[1]
+    assert dedup.stats()["conflict"] == 2  # one from the read, one from the script
+    assert violations(rqueue.connection, rqueue) == {}
+    assert pending_ids(rqueue) == [taken[0]]
+
+    monkeypatch.setattr(dedup, "status_many", real)
+    second = sched.tick()
+    assert (second.admitted, second.skipped) == (1, 1)
+    assert dict(second.admissions)["freed"].admitted
+    assert violations(rqueue.connection, rqueue) == {}
+    assert sorted(key_of(i) for i in pending_ids(rqueue)) == ["freed", "taken"]
+    other.queue.connection.close()
 
 
 @pytest.mark.parametrize("precheck", [True, False])
@@ -299,3 +346,32 @@ def test_one_replica_leads_and_another_takes_over_when_it_dies(real_server: Redi
         tb.join(5)
     assert real_redis.get(b.lease_key) is None  # a clean stop gives the lease up
     assert len({key_of(i) for i in pending_ids(Queue("sched", connection=real_redis))}) == 5
+
+
+def test_precheck_reads_a_batch_only_while_the_previous_one_found_keys_pending(
+        rqueue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    dedup = Deduplicator(rqueue)
+    reads: list[int] = []
+    real = dedup.status_many
+
+    def spy(keys, **kw):  # type: ignore[no-untyped-def]
+        keys = list(keys)
+        reads.append(len(keys))
+        return real(keys, **kw)
+
+    monkeypatch.setattr(dedup, "status_many", spy)
+    sched = Scheduler(dedup, lambda: entries(500, future_every=None), interval=60, batch_size=100, leader_lease=False)
+    first = sched.tick()
+    assert first.admitted == 500 and reads == [100]  # the first batch found nothing pending: no more reads
+    reads.clear()
+    second = sched.tick()
+    assert second.skipped == 500 and reads == [100] * 5  # all pending: every batch read, no job built
+    for uid in range(100):
+        assert dedup.cancel(uid)
+    reads.clear()
+    third = sched.tick()
+    # Batch 1 read, all free; batch 2 not read, its 100 conflicts come from the script, so
+    # batches 3 to 5 are read again. The counters see 400 conflicts either way.
+    assert (third.admitted, third.skipped) == (100, 400) and reads == [100] * 4
+    assert dedup.stats()["conflict"] == 900
+    assert len(pending_ids(rqueue)) == 500
