@@ -421,6 +421,7 @@ def run_cell(lane: Lane, variant: Variant, k: int, mode: str, churn_seconds: flo
         cell.free_seconds = _time_until_free(dedup, variant, ledger)
         _wait_quiet(monitor, 15)
         _judge(cell, conn, variant, ledger, monitor, frozen_pids, frozen_at, popped=_popped_unstarted(step_dir))
+        maintenance.stop()  # its failures reach us when it stops: before the notes, not in the finally
         cell.notes += [f"{a.__class__.__name__}: {f}" for a in actors for f in a.failures[:2]]
         cell.notes += ledger.errors[:3]
     finally:
