@@ -91,19 +91,15 @@ class AsyncDeduplicator(DedupCore):
                          on_conflict: OnConflict | str = OnConflict.REJECT,
                          cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """See ``Deduplicator.enqueue_at``."""
-        if not isinstance(when, datetime):
-            raise InvalidRequestError(f"when must be a datetime, not {type(when).__name__}")
-        return await self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=when,
-                                                                 on_conflict=on_conflict, cooldown=cooldown)))
+        return await self._run(self._timed_flow("when", when, datetime, EnqueueRequest(
+            key, func, args, kwargs, on_conflict=on_conflict, cooldown=cooldown)))
 
     async def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any,
                          on_conflict: OnConflict | str = OnConflict.REJECT,
                          cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """See ``Deduplicator.enqueue_in``."""
-        if not isinstance(delta, timedelta):
-            raise InvalidRequestError(f"delta must be a timedelta, not {type(delta).__name__}")
-        return await self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=delta,
-                                                                 on_conflict=on_conflict, cooldown=cooldown)))
+        return await self._run(self._timed_flow("delta", delta, timedelta, EnqueueRequest(
+            key, func, args, kwargs, on_conflict=on_conflict, cooldown=cooldown)))
 
     async def enqueue_many(self, requests: Iterable[EnqueueRequest], *, batch_size: int = 500,
                            raise_errors: bool = True) -> list[Admission]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -98,6 +98,14 @@ class DedupCore:
         return period.total_seconds()
 
     # -- admission -----------------------------------------------------------------
+
+    def _timed_flow(self, name: str, at: datetime | timedelta, kind: type,
+                    request: EnqueueRequest) -> Flow[Admission]:
+        """``enqueue_at``'s and ``enqueue_in``'s flow: ``at`` (the argument ``name``) checked
+        to be a ``kind`` now, before any request is sent, then ``request`` run at it."""
+        if not isinstance(at, kind):
+            raise InvalidRequestError(f"{name} must be a {kind.__name__}, not {type(at).__name__}")
+        return self._enqueue_flow(replace(request, at=at))
 
     def _enqueue_flow(self, request: EnqueueRequest) -> Flow[Admission]:
         admission = (yield from self._admit_flow([self._prepare(request)]))[0]

@@ -15,7 +15,6 @@ from rq import Queue
 from . import inline, operators, requeue, scripts, steps
 from .admission import Prepared as _Prepared
 from .core import DEFAULT_RETENTION, DedupCore
-from .errors import InvalidRequestError
 from .keys import Key
 from .models import Admission, EnqueueRequest, OnConflict, RequeueResult, SlotStatus
 
@@ -121,19 +120,15 @@ class Deduplicator(DedupCore):
         A past ``when`` runs at the scheduler's next pass. ``on_conflict``: "reject" or
         "replace".
         """
-        if not isinstance(when, datetime):
-            raise InvalidRequestError(f"when must be a datetime, not {type(when).__name__}")
-        return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=when,
-                                                           on_conflict=on_conflict, cooldown=cooldown)))
+        return self._run(self._timed_flow("when", when, datetime, EnqueueRequest(
+            key, func, args, kwargs, on_conflict=on_conflict, cooldown=cooldown)))
 
     def enqueue_in(self, delta: timedelta, key: Key, func: Any, *args: Any,
                    on_conflict: OnConflict | str = OnConflict.REJECT,
                    cooldown: timedelta | None = None, **kwargs: Any) -> Admission:
         """Schedule ``func`` for ``key`` to run ``delta`` from now (delta >= 0)."""
-        if not isinstance(delta, timedelta):
-            raise InvalidRequestError(f"delta must be a timedelta, not {type(delta).__name__}")
-        return self._run(self._enqueue_flow(EnqueueRequest(key, func, args, kwargs, at=delta,
-                                                           on_conflict=on_conflict, cooldown=cooldown)))
+        return self._run(self._timed_flow("delta", delta, timedelta, EnqueueRequest(
+            key, func, args, kwargs, on_conflict=on_conflict, cooldown=cooldown)))
 
     def enqueue_many(self, requests: Iterable[EnqueueRequest], *, batch_size: int = 500,
                      raise_errors: bool = True) -> list[Admission]:
