@@ -48,7 +48,7 @@ class KeySpace:
     """The Redis keys of one queue, taken from RQ's own objects at run time."""
 
     slots: str  # hash: encoded dedup key -> holder job id
-    gc: str  # zset: encoded dedup key -> when its slot was last checked (Redis time)
+    gc: str  # string: where gc's walk through the slots hash stands (admit.lua)
     stats: str  # hash: decision -> count
     followups: str  # hash: encoded dedup key -> id of the follow-up waiting for the running holder
     last: str  # hash: encoded dedup key -> "<job id>|<final status>|<ended at>" of its last run
@@ -71,7 +71,7 @@ class KeySpace:
         base = namespace_base(queue, namespace)
         return cls(
             slots=f"{base}:slots:{queue.name}",
-            gc=f"{base}:gc:{queue.name}",
+            gc=f"{base}:gcpos:{queue.name}",
             stats=f"{base}:stats:{queue.name}",
             followups=f"{base}:followups:{queue.name}",
             last=f"{base}:last:{queue.name}",

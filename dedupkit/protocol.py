@@ -101,17 +101,17 @@ STATUS = Contract("status.lua", keys=("slots", "followups", "scheduled", "starte
                   argv=_RQ_READ, more_argv="fields")
 CANCEL = Contract(
     "cancel.lua",
-    keys=("slots", "gc", "stats", "followups", "queue", "scheduled", "started", "deferred", "canceled", "last",
+    keys=("slots", "stats", "followups", "queue", "scheduled", "started", "deferred", "canceled", "last",
           "intermediate", "history"),
     argv=(*_RQ_READ, "field", "due_margin", "now_text", "dependents_template", "rate_limited_template"),
 )
 SWEEP = Contract(
     "sweep.lua",
-    keys=("slots", "gc", "stats", "followups", "queue", "scheduled", "started", "deferred", "last", "intermediate",
+    keys=("slots", "stats", "followups", "queue", "scheduled", "started", "deferred", "last", "intermediate",
           "history"),
     argv=(*_RQ_READ, "now_text", "dependents_template"), more_argv="fields",
 )
-ADOPT = Contract("adopt.lua", keys=("slots", "gc", "followups", "scheduled", "started", "intermediate"),
+ADOPT = Contract("adopt.lua", keys=("slots", "followups", "scheduled", "started", "intermediate"),
                  argv=_RQ_READ, more_argv="pairs")
 # The scheduler's leader lease: registered by the Scheduler's Lease, without _common.lua.
 LEASE_RENEW = Contract("lease_renew.lua", keys=("lease",), argv=("token", "lease_ms"))

@@ -11,6 +11,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 import dedupkit.admission as dd
+from dedupkit.keys import encode_key
 from dedupkit import (
     Deduplicator,
     EnqueueRequest,
@@ -262,7 +263,7 @@ def test_main_module_functions_are_refused(dedup: Deduplicator) -> None:
 
 
 def test_gc_removes_slots_of_ended_jobs(queue: Queue) -> None:
-    dedup = Deduplicator(queue, gc_budget=5, gc_min_age=0)
+    dedup = Deduplicator(queue, gc_budget=6, gc_min_age=0)  # the walk covers all 6 slots in one call
     for k in range(5):
         dedup.enqueue(f"old{k}", TASK)
     rqstate.run_all(queue)
@@ -312,11 +313,14 @@ def test_damaged_data_fails_one_request_not_the_batch(dedup: Deduplicator, queue
 def test_damaged_data_met_by_gc_does_not_fail_the_admission(queue: Queue) -> None:
     dedup = Deduplicator(queue, gc_budget=5, gc_min_age=0)
     conn = queue.connection
+    dedup.enqueue("old", TASK)
+    rqstate.run_all(queue)
     conn.hset(dedup.keys.slots, "bad", "job_bad_1")
-    conn.zadd(dedup.keys.gc, {"bad": 0})
     conn.set("rq:job:job_bad_1", "not a hash")
     assert dedup.enqueue("fine", TASK).admitted
-    assert conn.zscore(dedup.keys.gc, "bad") > 0, "looked at again later"
+    assert conn.hexists(dedup.keys.slots, "bad"), "left for a later walk"
+    assert not conn.hexists(dedup.keys.slots, encode_key("old")), "the walk went on past it"
+    assert dedup.stats()["swept"] == 1
 
 
 def test_status_many_answers_like_status_for_every_state(dedup: Deduplicator, queue: Queue) -> None:

@@ -212,7 +212,7 @@ def test_a_dead_holders_follow_up_is_released_as_rq_enqueues_a_dependent(dedup: 
         assert conn.hget(dedup.keys.slots, _field("u")) == follow.job_id.encode()
 
 
-# -- gc, sweep, adopt, cancel: the slots hash, the gc zset and the counters ----------------
+# -- gc, sweep, adopt, cancel: the slots hash, gc's walk and the counters ----------------
 
 
 def _ended(dedup: Deduplicator, queue: Queue, keys: list[str]) -> None:
@@ -224,12 +224,27 @@ def test_gc_collects_ended_slots_and_forgets_them(queue: Queue) -> None:
     conn = queue.connection
     dedup = Deduplicator(queue, gc_budget=1, gc_min_age=0)
     _ended(dedup, queue, ["a", "b", "c"])
-    assert conn.zcard(dedup.keys.gc) == 3
+    conn.delete(dedup.keys.gc)  # a new walk starts at the next call
     dedup.enqueue_many([EnqueueRequest(k, TASK, ("y",)) for k in ["d", "e"]])  # budget 1 x 2 requests
     assert conn.hlen(dedup.keys.slots) == 3  # 2 of a, b, c collected; d, e admitted
-    assert conn.zcard(dedup.keys.gc) == 3
     assert dedup.stats()["swept"] == 2
     assert {_last(dedup, k)[1] for k in "abc"} == {"finished"}
+
+
+def test_gc_walk_goes_on_where_the_last_call_stopped(queue: Queue) -> None:
+    conn = queue.connection
+    dedup = Deduplicator(queue, gc_budget=1, gc_min_age=0)
+    pending = dedup.enqueue("p", TASK, "x")
+    _ended(dedup, queue, ["a", "b", "c"])
+    dedup.enqueue("p2", TASK, "x")
+    queue.connection.delete(dedup.keys.gc)
+    rqstate.run_all(queue)  # p and p2 end too
+    held = dedup.enqueue("h", TASK, "x")
+    queue.connection.delete(dedup.keys.gc)  # the walk starts at the next call, over p, a, b, c, p2, h
+    for _ in range(5):  # one slot a call: a call that starts over never gets past the first slot
+        assert not dedup.enqueue("h", TASK, "x").admitted
+    assert conn.hkeys(dedup.keys.slots) == [_field("h").encode()], "every ended slot checked once"
+    assert dedup.stats()["swept"] == 5 and held.admitted and pending.admitted
 
 
 def test_gc_leaves_slots_checked_less_than_min_age_ago(queue: Queue) -> None:
@@ -241,9 +256,12 @@ def test_gc_leaves_slots_checked_less_than_min_age_ago(queue: Queue) -> None:
 
 def test_gc_checks_at_most_100_slots_a_call(queue: Queue) -> None:
     dedup = Deduplicator(queue, gc_budget=2, gc_min_age=0)
-    _ended(dedup, queue, [f"old{i}" for i in range(110)])
-    dedup.enqueue_many([EnqueueRequest(f"new{i}", TASK, ("x",)) for i in range(60)])  # 2 x 60 > 100
-    assert dedup.stats()["swept"] == 100
+    _ended(dedup, queue, [f"old{i}" for i in range(150)])
+    queue.connection.delete(dedup.keys.gc)  # a new walk starts at the next call
+    # 60 requests (2 x 60 > 100), one admitted: the walk checks 100 of the 151 slots.
+    dedup.enqueue_many([EnqueueRequest("new", TASK, ("x",)) for i in range(60)])
+    assert 99 <= dedup.stats()["swept"] <= 100
+    assert queue.connection.hlen(dedup.keys.slots) in (51, 52)
 
 
 def test_sweep_counts_slots_and_forgets_them(dedup: Deduplicator, queue: Queue) -> None:
@@ -252,7 +270,6 @@ def test_sweep_counts_slots_and_forgets_them(dedup: Deduplicator, queue: Queue) 
     dedup.enqueue("d", TASK, "x")
     assert dedup.sweep(batch_size=10) == 3
     assert conn.hkeys(dedup.keys.slots) == [_field("d").encode()]
-    assert conn.zrange(dedup.keys.gc, 0, -1) == [_field("d").encode()]
     assert dedup.stats()["swept"] == 3
     assert _last(dedup, "b")[1] == "finished"
 
@@ -261,7 +278,7 @@ def test_cancel_frees_the_slot_and_forgets_it(dedup: Deduplicator, queue: Queue)
     conn = queue.connection
     adm = dedup.enqueue("u", TASK, "x")
     assert dedup.cancel("u")
-    assert not conn.hexists(dedup.keys.slots, _field("u")) and conn.zcard(dedup.keys.gc) == 0
+    assert not conn.hexists(dedup.keys.slots, _field("u"))
     assert dedup.stats()["cancelled"] == 1
     assert conn.zscore(queue.canceled_job_registry.key, adm.job_id) is not None
     assert _last(dedup)[:2] == (adm.job_id, "canceled")
@@ -272,7 +289,7 @@ def test_cancel_of_an_ended_holder_records_it_and_frees_the_slot(dedup: Deduplic
     adm = dedup.enqueue("u", TASK, "x")
     rqstate.run_all(queue)
     assert not dedup.cancel("u")
-    assert not conn.hexists(dedup.keys.slots, _field("u")) and conn.zcard(dedup.keys.gc) == 0
+    assert not conn.hexists(dedup.keys.slots, _field("u"))
     assert conn.hget(dedup.keys.last, _field("u")).decode().startswith(f"{adm.job_id}|finished|")
 
 
@@ -281,7 +298,7 @@ def test_adopted_slots_are_collected_like_the_others(queue: Queue) -> None:
     old = queue.enqueue(TASK, "x", job_id="email_process_u_1")
     dedup = Deduplicator(queue, gc_budget=5, gc_min_age=0)
     assert dedup.adopt("email_process_{key}_*")["adopted"] == 1
-    assert conn.zrange(dedup.keys.gc, 0, -1) == [_field("u").encode()]
+    assert conn.hget(dedup.keys.slots, _field("u")) == old.id.encode()
     assert dedup.adopt("email_process_{key}_*")["already"] == 1
     rqstate.run_all(queue)
     dedup.enqueue("other", TASK, "x")

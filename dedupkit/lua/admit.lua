@@ -17,13 +17,14 @@
 -- last run ended (the history zset's score: dk_ended, Redis clock): 'conflict' with note
 -- 'cooldown' and when the key may run again; a follow_up request is admitted instead as
 -- a job scheduled at that time (note 'cooldown'), which holds the slot while it waits.
--- Then check up to ARGV[4] of the least recently checked slots and delete those whose
--- job has ended, so slots of finished jobs do not pile up, and drop the last-run records
+-- Then check up to ARGV[4] slots per request, walking the slots hash with a cursor, and
+-- delete those whose job has ended, so slots of finished jobs do not pile up; drop the last-run records
 -- of runs that ended more than ARGV[11] seconds ago, the oldest first, as many as gc's
 -- budget plus one per request (a request adds at most one record): bounded history.
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>, field = encoded dedup key, value = job id
--- KEYS[2]  gc zset          <ns>:gc:<q>, member = encoded key, score = last check (epoch s)
+-- KEYS[2]  gc cursor        <ns>:gcpos:<q>, string "<HSCAN cursor> <skip> <walk start>": where gc's
+--                           walk through the slots hash stands (see the gc below)
 -- KEYS[3]  stats hash       <ns>:stats:<q>, decision -> count
 -- KEYS[4]  followups hash   <ns>:followups:<q>, field = encoded key, value = follow-up id
 -- KEYS[5]  queue list       rq:queue:<q>
@@ -39,9 +40,9 @@
 -- ARGV[1]  job_prefix       "rq:job:" (for holders' ids, which Python cannot know)
 -- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3]  n                number of requests (= #KEYS - 13)
--- ARGV[4]  gc_budget        slots to check per request (of the least recently checked;
---                           at most 100 a call, or the budget itself if larger; >= 0)
--- ARGV[5]  gc_min_age       seconds a slot must be unchecked before gc looks at it
+-- ARGV[4]  gc_budget        slots to check per request (at most 100 a call, or the budget
+--                           itself if larger; >= 0)
+-- ARGV[5]  gc_min_age       seconds between the starts of two walks through the slots hash
 -- ARGV[6]  due_margin       seconds; a scheduled holder due before now + margin is kept
 -- ARGV[7]  now_text         RQ-format UTC time, written as enqueued_at of a released follow-up
 -- ARGV[8]  dependents_template  RQ's key of a job's dependents set, "rq:job:%s:dependents"
@@ -105,8 +106,8 @@ end
 
 -- A replayed call (redis-py resends a command whose reply was lost): this very job was
 -- admitted by the first run. Answer that, and change nothing. nil when it is no replay.
-local function replay(job_id, job_key, field, holder, info, follow)
-  if holder == job_id or follow == job_id or (redis.call('EXISTS', job_key) == 1 and
+local function replay(job_id, exists, field, holder, info, follow)
+  if holder == job_id or follow == job_id or (exists and
       string.sub(redis.call('HGET', K.last, field) or '', 1, #job_id + 1) == job_id .. '|') then
     count('replayed')
     local mine = (holder == job_id and info) or (follow == job_id and dk_pending(K, follow, now)) or nil
@@ -251,12 +252,13 @@ local function decide(i, pos, last)
   local job_key = KEYS[FIXED_KEYS + i]
 
   local holder, info, reason, follow = dk_resolve(K, field, now, true, now_text)
-  local replayed = replay(job_id, job_key, field, holder, info, follow)
+  local exists = redis.call('EXISTS', job_key) == 1
+  local replayed = replay(job_id, exists, field, holder, info, follow)
   if replayed then
     return replayed
   end
   -- Before anything is withdrawn: an existing hash is never written over.
-  if redis.call('EXISTS', job_key) == 1 then
+  if exists then
     count('collision')
     return { 'collision', job_id, '', '', '', '', '', '', '' }
   end
@@ -294,7 +296,6 @@ local function decide(i, pos, last)
   else
     scheduled_for = place(mode, job_id, run_at, rl_key, field, holder, reason)
   end
-  redis.call('ZADD', gc_key, now, field)
   count('admitted')
   return { 'admitted', job_id, status, enqueued_at, '', scheduled_for, reason or '', note, replaced_rl }
 end
@@ -317,19 +318,21 @@ for i = 1, n do
   pos = last + 1
 end
 
--- Incremental garbage collection of slots whose job has ended: the least recently
--- checked slots first, a fixed budget per call, so no call ever scans. Housekeeping runs
--- under pcall: damaged data here must not turn the decisions above into an error reply.
+-- Incremental garbage collection of slots whose job has ended: a walk through the slots
+-- hash with HSCAN, a fixed budget per call, so no call ever scans the whole hash. KEYS[2]
+-- keeps where the walk stands: the HSCAN cursor, how many entries of that cursor's page
+-- were already checked (a page may hold more than the budget: a small hash answers whole),
+-- and when this walk started. A new walk starts no sooner than gc_min_age seconds after
+-- the last one did, so a slot is checked about once per gc_min_age at most. The walk may
+-- miss or repeat a slot when the hash changes under it; the next walk sees it. Housekeeping
+-- runs under pcall: damaged data here must not turn the decisions above into an error reply.
 local function collect(field)
   local holder, alive, reason = dk_resolve(K, field, now, true, now_text)
-  if alive then
-    redis.call('ZADD', gc_key, now, field)
-  else
+  if not alive then
     if holder then
       dk_remember(K, field, holder, reason, now_text, now)
     end
     redis.call('HDEL', K.slots, field)
-    redis.call('ZREM', gc_key, field)
     count('swept')
   end
 end
@@ -338,12 +341,31 @@ end
 -- sends big batches still collects as fast as many single admissions would.
 local budget = math.min(gc_budget * n, math.max(gc_budget, 100))
 if budget > 0 then
-  local due = redis.call('ZRANGEBYSCORE', gc_key, '-inf', now - gc_min_age, 'LIMIT', 0, budget)
-  for _, field in ipairs(due) do
-    if not pcall(collect, field) then
-      redis.call('ZADD', gc_key, now, field)  -- look again later, after the others
+  pcall(function()
+    local cursor, skip, started = string.match(redis.call('GET', gc_key) or '', '^(%d+) (%d+) (%S+)$')
+    skip, started = tonumber(skip) or 0, tonumber(started)
+    if not cursor or not started then
+      cursor, skip, started = '0', 0, nil
     end
-  end
+    if cursor == '0' and skip == 0 then
+      if started and now - started < gc_min_age then
+        return  -- the last walk started less than gc_min_age ago
+      end
+      started = now
+    end
+    local page = redis.call('HSCAN', K.slots, cursor, 'COUNT', budget)
+    local entries = page[2]
+    local upto = math.min(#entries / 2, skip + budget)
+    for j = skip + 1, upto do
+      pcall(collect, entries[2 * j - 1])  -- a damaged slot is left for the next walk
+    end
+    if upto < #entries / 2 then
+      skip = upto
+    else
+      cursor, skip = page[1], 0
+    end
+    redis.call('SET', gc_key, cursor .. ' ' .. skip .. ' ' .. string.format('%.6f', started))
+  end)
 end
 
 -- Bounded history: last-run records whose run ended more than `retention` seconds ago.

@@ -5,11 +5,10 @@
 -- before dedupkit.
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>
--- KEYS[2]  gc zset          <ns>:gc:<q>
--- KEYS[3]  followups hash   <ns>:followups:<q>
--- KEYS[4]  scheduled zset   rq:scheduled:<q>
--- KEYS[5]  started zset     rq:wip:<q>
--- KEYS[6]  intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
+-- KEYS[2]  followups hash   <ns>:followups:<q>
+-- KEYS[3]  scheduled zset   rq:scheduled:<q>
+-- KEYS[4]  started zset     rq:wip:<q>
+-- KEYS[5]  intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
 -- ARGV[1]  job_prefix       "rq:job:"
 -- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3..] pairs           field (encoded dedup key), job id; repeated
@@ -17,10 +16,9 @@
 --        'held:<holder id>' (another pending job holds the slot), 'not_pending'
 
 local K = {
-  slots = KEYS[1], followups = KEYS[3], scheduled = KEYS[4], started = KEYS[5], intermediate = KEYS[6],
+  slots = KEYS[1], followups = KEYS[2], scheduled = KEYS[3], started = KEYS[4], intermediate = KEYS[5],
   job_prefix = ARGV[1], exec_prefix = ARGV[2],
 }
-local gc_key = KEYS[2]
 
 local now = dk_now()
 local replies = {}
@@ -35,7 +33,6 @@ for i = 3, #ARGV - 1, 2 do
     replies[#replies + 1] = 'not_pending'
   else
     redis.call('HSET', K.slots, field, job_id)
-    redis.call('ZADD', gc_key, now, field)
     replies[#replies + 1] = 'adopted'
   end
 end

@@ -13,17 +13,16 @@
 --              atomic), so the slot must stay
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>
--- KEYS[2]  gc zset          <ns>:gc:<q>
--- KEYS[3]  stats hash       <ns>:stats:<q>
--- KEYS[4]  followups hash   <ns>:followups:<q>
--- KEYS[5]  queue list       rq:queue:<q>
--- KEYS[6]  scheduled zset   rq:scheduled:<q>
--- KEYS[7]  started zset     rq:wip:<q>
--- KEYS[8]  deferred zset    rq:deferred:<q>
--- KEYS[9]  canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
--- KEYS[10] last hash        <ns>:last:<q>
--- KEYS[11] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
--- KEYS[12] history zset     <ns>:history:<q>, member = encoded key, score = when its last run ended (epoch s)
+-- KEYS[2]  stats hash       <ns>:stats:<q>
+-- KEYS[3]  followups hash   <ns>:followups:<q>
+-- KEYS[4]  queue list       rq:queue:<q>
+-- KEYS[5]  scheduled zset   rq:scheduled:<q>
+-- KEYS[6]  started zset     rq:wip:<q>
+-- KEYS[7]  deferred zset    rq:deferred:<q>
+-- KEYS[8]  canceled zset    rq:canceled:<q>, score = when cancelled (epoch s)
+-- KEYS[9]  last hash        <ns>:last:<q>
+-- KEYS[10] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
+-- KEYS[11] history zset     <ns>:history:<q>, member = encoded key, score = when its last run ended (epoch s)
 -- ARGV[1]  job_prefix       "rq:job:"
 -- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3]  field            encoded dedup key
@@ -41,12 +40,12 @@
 --   Python runs RQ's RateLimitRegistry.cancel only then
 
 local K = {
-  slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], canceled = KEYS[9], last = KEYS[10], intermediate = KEYS[11], history = KEYS[12],
+  slots = KEYS[1], followups = KEYS[3], queue = KEYS[4], scheduled = KEYS[5], started = KEYS[6],
+  deferred = KEYS[7], canceled = KEYS[8], last = KEYS[9], intermediate = KEYS[10], history = KEYS[11],
   job_prefix = ARGV[1],
   exec_prefix = ARGV[2], dependents = ARGV[6], rate_limited = ARGV[7],
 }
-local gc_key, stats_key = KEYS[2], KEYS[3]
+local stats_key = KEYS[2]
 local field, due_margin, now_text = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 
 local now = dk_now()
@@ -55,7 +54,6 @@ if not info then
   if holder then
     dk_remember(K, field, holder, reason, now_text, now)
     redis.call('HDEL', K.slots, field)
-    redis.call('ZREM', gc_key, field)
   end
   return { 'free', holder or '', '', '' }
 end
@@ -77,6 +75,5 @@ if outcome ~= 'cancelled' then
 end
 dk_remember(K, field, holder, nil, now_text, now)
 redis.call('HDEL', K.slots, field)
-redis.call('ZREM', gc_key, field)
 redis.call('HINCRBY', stats_key, 'cancelled', 1)
 return { 'cancelled', holder, info[1], redis.call('HGET', K.job_prefix .. holder, 'rate_limit_key') or '' }

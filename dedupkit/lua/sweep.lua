@@ -3,16 +3,15 @@
 -- A slot whose holder is over while a follow-up waits passes to the follow-up instead.
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>
--- KEYS[2]  gc zset          <ns>:gc:<q>
--- KEYS[3]  stats hash       <ns>:stats:<q>
--- KEYS[4]  followups hash   <ns>:followups:<q>
--- KEYS[5]  queue list       rq:queue:<q>
--- KEYS[6]  scheduled zset   rq:scheduled:<q>
--- KEYS[7]  started zset     rq:wip:<q>
--- KEYS[8]  deferred zset    rq:deferred:<q>
--- KEYS[9]  last hash        <ns>:last:<q>
--- KEYS[10] intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
--- KEYS[11] history zset     <ns>:history:<q>, member = encoded key, score = when its last run ended (epoch s)
+-- KEYS[2]  stats hash       <ns>:stats:<q>
+-- KEYS[3]  followups hash   <ns>:followups:<q>
+-- KEYS[4]  queue list       rq:queue:<q>
+-- KEYS[5]  scheduled zset   rq:scheduled:<q>
+-- KEYS[6]  started zset     rq:wip:<q>
+-- KEYS[7]  deferred zset    rq:deferred:<q>
+-- KEYS[8]  last hash        <ns>:last:<q>
+-- KEYS[9]  intermediate     rq:queue:<q>:intermediate (ids a worker dequeued, not yet started)
+-- KEYS[10] history zset     <ns>:history:<q>, member = encoded key, score = when its last run ended (epoch s)
 -- ARGV[1]  job_prefix       "rq:job:"
 -- ARGV[2]  executions_prefix "rq:executions:"
 -- ARGV[3]  now_text         RQ-format UTC time, enqueued_at of a follow-up released here
@@ -21,11 +20,11 @@
 -- Reply: the number of slots deleted
 
 local K = {
-  slots = KEYS[1], followups = KEYS[4], queue = KEYS[5], scheduled = KEYS[6], started = KEYS[7],
-  deferred = KEYS[8], last = KEYS[9], intermediate = KEYS[10], history = KEYS[11],
+  slots = KEYS[1], followups = KEYS[3], queue = KEYS[4], scheduled = KEYS[5], started = KEYS[6],
+  deferred = KEYS[7], last = KEYS[8], intermediate = KEYS[9], history = KEYS[10],
   job_prefix = ARGV[1], exec_prefix = ARGV[2], dependents = ARGV[4],
 }
-local gc_key, stats_key, now_text = KEYS[2], KEYS[3], ARGV[3]
+local stats_key, now_text = KEYS[2], ARGV[3]
 
 local now = dk_now()
 local deleted = 0
@@ -36,7 +35,6 @@ for i = 5, #ARGV do
     dk_remember(K, field, holder, reason, now_text, now)
   end
   if not info and redis.call('HDEL', K.slots, field) == 1 then
-    redis.call('ZREM', gc_key, field)
     deleted = deleted + 1
   end
 end
