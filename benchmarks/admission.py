@@ -9,7 +9,12 @@ Variants, interleaved (the order rotates every repetition), each block on an emp
   naive         benchmarks.naive.naive_enqueue (scan queue + registries, then enqueue);
                 its scan grows with the queue, which fills from 0 to n during a block
   evalsha_floor a trivial script (``return 1``) through the same redis-py client: the floor
-  evalsha_args  the same trivial script sent dedupkit's full KEYS/ARGV payload
+  evalsha_args  the same trivial script sent dedupkit's full KEYS/ARGV payload (built by
+                ``DedupCore.admit_request``, exactly what one enqueue sends)
+  evalsha_packed the same trivial script sent the same KEYS and the same ARGV bytes packed
+                into ONE argument (length-prefixed, packed in Python on every call): what
+                shipping the job hash as one packed argument could gain at most, before
+                the script spends anything unpacking it
   dedupkit_pure_py, rq_pure_py  dedupkit and plain RQ again through a redis-py client that
                 encodes and parses in Python (hiredis, a dependency, is bypassed): its gain
 Requests per admission are counted with MONITOR (commands tagged "lua" apart) and round
@@ -37,8 +42,18 @@ from . import _common as c
 from .jobs import process
 from .naive import naive_enqueue
 
-VARIANTS = ("dedupkit", "rq", "rq_unique", "naive", "evalsha_floor", "evalsha_args", "dedupkit_pure_py",
-            "rq_pure_py")
+VARIANTS = ("dedupkit", "rq", "rq_unique", "naive", "evalsha_floor", "evalsha_args", "evalsha_packed",
+            "dedupkit_pure_py", "rq_pure_py")
+
+
+def pack(args: list[Any]) -> bytes:
+    """ARGV as one length-prefixed blob ("<len>:<bytes>" each), the way a packed argument
+    would carry it; str/int/float encoded as redis-py encodes them."""
+    parts = []
+    for a in args:
+        b = a if isinstance(a, bytes) else (repr(a) if isinstance(a, float) else str(a)).encode()
+        parts.append(b"%d:%s" % (len(b), b))
+    return b"".join(parts)
 
 
 class Bench:
@@ -50,11 +65,7 @@ class Bench:
         self.pure_dedup = Deduplicator(self.pure_queue)
         self.floor = conn.register_script("return 1")
         prepared = self.dedup._prepare(_request("payload", 0))
-        k = self.dedup.keys
-        self.payload_keys = [k.slots, k.gc, k.stats, k.queue, k.queues, k.scheduled, k.started,
-                             k.job_key(prepared.job.id)]
-        self.payload_args = [k.job_prefix, k.executions_prefix, 1, 2, 60.0, prepared.field, prepared.job.id,
-                             prepared.mode, prepared.run_at, prepared.ttl, len(prepared.pairs) // 2, *prepared.pairs]
+        self.payload_keys, self.payload_args = self.dedup.admit_request([prepared])
         self.seq = 0
 
     def op(self, variant: str) -> Callable[[], object]:
@@ -86,8 +97,11 @@ class Bench:
         def evalsha_args() -> object:
             return self.floor(keys=self.payload_keys, args=self.payload_args)
 
+        def evalsha_packed() -> object:
+            return self.floor(keys=self.payload_keys, args=[pack(self.payload_args)])
+
         return {"dedupkit": dedupkit, "rq": rq, "rq_unique": rq_unique, "naive": naive,
-                "evalsha_floor": evalsha_floor, "evalsha_args": evalsha_args,
+                "evalsha_floor": evalsha_floor, "evalsha_args": evalsha_args, "evalsha_packed": evalsha_packed,
                 "dedupkit_pure_py": lambda: dedupkit(self.pure_dedup), "rq_pure_py": lambda: rq(self.pure_queue),
                 }[variant]
 
@@ -244,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dedupkit_p50_vs_floor_median": c.ratio(med["dedupkit"]["p50_us"], med["evalsha_floor"]["p50_us"]),
         "dedupkit_p50_vs_floor_best": c.ratio(best["dedupkit"]["p50_us"], best["evalsha_floor"]["p50_us"]),
         "evalsha_args_p50_vs_floor_median": c.ratio(med["evalsha_args"]["p50_us"], med["evalsha_floor"]["p50_us"]),
+        "evalsha_packed_p50_vs_floor_median": c.ratio(med["evalsha_packed"]["p50_us"],
+                                                      med["evalsha_floor"]["p50_us"]),
         "dedupkit_hiredis_vs_pure_py_throughput_median": c.ratio(med["dedupkit"]["ops_s"],
                                                                   med["dedupkit_pure_py"]["ops_s"]),
         "rq_hiredis_vs_pure_py_throughput_median": c.ratio(med["rq"]["ops_s"], med["rq_pure_py"]["ops_s"]),

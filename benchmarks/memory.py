@@ -3,15 +3,16 @@
     .venv/bin/python -m benchmarks.memory [--quick] [--url URL] [--keys N]
 
 1. Pending keys: N keys admitted with ``enqueue_many``; ``MEMORY USAGE ... SAMPLES 0``
-   of every key in dedupkit's namespace (slots hash, gc zset, stats, ...) divided by N, next to the
+   of every key in dedupkit's namespace (slots hash, gc cursor, stats, ...) divided by N, next to the
    average RQ job hash (sampled) for scale. Cross-check: ``used_memory`` after the same N
    jobs written by RQ's ``Queue.enqueue_many`` (no dedup) vs by dedupkit, per job.
 2. Admitted-and-finished keys (full mode: 1,000,000): N distinct keys admitted, then every
    job finished as a worker would leave it with ``result_ttl=0`` (job hash deleted, queue
-   emptied; done server-side). What is left of dedupkit: slots and gc entries, bytes.
+   emptied; done server-side). What is left of dedupkit: slots, bytes.
    Then the same N keys admitted again (a second scheduler tick): slots are per key, so
    their number must stay N, not grow to 2N. Then the incremental gc (``gc_budget`` slots
-   per script call, older than ``gc_min_age``; here a Deduplicator with gc_min_age=0):
+   per request, a walk through the slots hash; here a Deduplicator with gc_min_age=0, so
+   walks follow each other at once):
    how many stale slots single ``enqueue`` calls of new keys sweep.
 3. Bounded history: every key that ever ran leaves a last-run record (``<ns>:last:<q>``,
    indexed by its end in ``<ns>:history:<q>``). After part 2 the N keys' records are
@@ -69,7 +70,7 @@ def ours(conn: redis.Redis, dedup: Deduplicator) -> dict[str, int]:
     sizes = {key.decode(): usage(conn, key.decode())
              for key in conn.scan_iter(match=f"{dedup.namespace}:*", count=1000)}
     return {"keys": sizes, "total": sum(sizes.values()), "slots": sizes.get(k.slots, 0), "gc": sizes.get(k.gc, 0),
-            "slot_fields": int(conn.hlen(k.slots)), "gc_members": int(conn.zcard(k.gc))}
+            "slot_fields": int(conn.hlen(k.slots))}
 
 
 def history(conn: redis.Redis, dedup: Deduplicator) -> dict[str, int]:
@@ -177,16 +178,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              ["RQ job hash, Queue.enqueue_many (avg of 200)", "", rq_job_hash],
              ["used_memory per job, dedupkit", after_dedup - base, part1["used_memory_per_job_dedupkit"]],
              ["used_memory per job, RQ enqueue_many", after_rq - base_rq, part1["used_memory_per_job_rq"]]]
-    rows2 = [["after 1st tick + all finished", finished["slot_fields"], finished["gc_members"],
+    rows2 = [["after 1st tick + all finished", finished["slot_fields"],
               finished["total"], finished["total"] / m],
-             ["after 2nd tick over the same keys", second["slot_fields"], second["gc_members"],
+             ["after 2nd tick over the same keys", second["slot_fields"],
               second["total"], second["total"] / m],
              [f"after all finished + {sweep_calls:,} single enqueues of new keys (gc_min_age=0)",
-              swept["slot_fields"], swept["gc_members"], swept["total"], ""]]
+              swept["slot_fields"], swept["total"], ""]]
     text = (f"Memory per pending key, {n:,} keys (MEMORY USAGE SAMPLES 0)\n\n"
             + c.table(["what", "bytes", "bytes per key"], rows1)
             + f"\n\nAfter {m:,} admitted-and-finished keys (result_ttl=0: job hashes deleted)\n\n"
-            + c.table(["state", "slot fields", "gc members", "dedupkit bytes (all its keys)", "bytes per key"], rows2)
+            + c.table(["state", "slot fields", "dedupkit bytes (all its keys)", "bytes per key"], rows2)
             + f"\n\nThe gc swept {part2['swept_total']:,} stale slots in {sweep_calls:,} calls "
               f"({part2['swept_per_call']:.2f} per call); admitting {m:,} keys took {admit_s:.1f} s, "
               f"the second tick {second_s:.1f} s.\n\n"
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         trimmed["bytes"], trimmed["total"]]])
             + f"\n\n{expired:,} expired records dropped by those calls ({expired / calls:.0f} per call, at most "
               f"gc's budget + one per request: 600); admitting the {m:,} new keys took {third_s:.1f} s "
-              f"(part 2's first tick: {admit_s:.1f} s). The last column, after: the slots and gc entries of "
+              f"(part 2's first tick: {admit_s:.1f} s). The last column, after: the slots of "
               "the new keys' pending jobs.\n\n"
             + c.table(["target", "met"], [[k, "yes" if v else "no"] for k, v in targets.items()]))
     data = {"machine": machine, "pending": part1, "finished": part2, "history": part3, "targets": targets}

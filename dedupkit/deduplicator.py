@@ -34,9 +34,10 @@ class Deduplicator(DedupCore):
     leaves it alone, because RQ's scheduler may already be promoting it; also how long a
     queued job that a cancel or replace found in no list (a worker popped it) may take to
     start before it counts as lost (its worker died between its pop and its start).
-    ``gc_budget``/``gc_min_age``: each admission checks up to ``gc_budget`` slots per
-    request (at most 100 a call) that were not looked at for ``gc_min_age`` seconds, and
-    deletes those whose job has ended.
+    ``gc_budget``/``gc_min_age``: each admission call checks up to ``gc_budget`` slots per
+    request (at most 100 a call, or ``gc_budget`` if larger), walking the slots hash with
+    an HSCAN cursor kept in Redis, and deletes those whose job has ended; a new walk
+    through the hash starts no sooner than ``gc_min_age`` seconds after the last one did.
     ``allow_eviction``: admit even when the server's ``maxmemory-policy`` may evict keys
     (read once, at the first admission); by default that raises EvictionPolicyError,
     because an evicted slot or job hash lets a second job in beside a pending one.

@@ -11,7 +11,6 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 import dedupkit.admission as dd
-from dedupkit.keys import encode_key
 from dedupkit import (
     Deduplicator,
     EnqueueRequest,
@@ -21,6 +20,7 @@ from dedupkit import (
     JobState,
     RedisUnavailableError,
 )
+from dedupkit.keys import encode_key
 
 from . import rqstate
 

@@ -254,6 +254,18 @@ def test_gc_leaves_slots_checked_less_than_min_age_ago(queue: Queue) -> None:
     assert queue.connection.hlen(dedup.keys.slots) == 3 and "swept" not in dedup.stats()
 
 
+def test_gc_passes_over_slots_admitted_less_than_min_age_ago(queue: Queue) -> None:
+    conn = queue.connection
+    dedup = Deduplicator(queue, gc_budget=5, gc_min_age=60)
+    _ended(dedup, queue, ["a", "b"])  # ended, but admitted just now: by their ids, young
+    conn.hset(dedup.keys.slots, _field("old"), "job_old_1")  # an id of long ago, its job gone
+    conn.hset(dedup.keys.slots, _field("rq"), "9f0c3a2e-rq-uuid")  # not dedupkit's: checked
+    conn.delete(dedup.keys.gc)  # the walk starts at the next call
+    dedup.enqueue("c", TASK, "x")
+    assert sorted(conn.hkeys(dedup.keys.slots)) == sorted(_field(k).encode() for k in "abc")
+    assert dedup.stats()["swept"] == 2
+
+
 def test_gc_checks_at_most_100_slots_a_call(queue: Queue) -> None:
     dedup = Deduplicator(queue, gc_budget=2, gc_min_age=0)
     _ended(dedup, queue, [f"old{i}" for i in range(150)])

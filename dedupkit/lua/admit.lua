@@ -323,7 +323,8 @@ end
 -- keeps where the walk stands: the HSCAN cursor, how many entries of that cursor's page
 -- were already checked (a page may hold more than the budget: a small hash answers whole),
 -- and when this walk started. A new walk starts no sooner than gc_min_age seconds after
--- the last one did, so a slot is checked about once per gc_min_age at most. The walk may
+-- the last one did, so a slot is checked about once per gc_min_age at most, and not in
+-- its first gc_min_age (young, below). The walk may
 -- miss or repeat a slot when the hash changes under it; the next walk sees it. Housekeeping
 -- runs under pcall: damaged data here must not turn the decisions above into an error reply.
 local function collect(field)
@@ -335,6 +336,15 @@ local function collect(field)
     redis.call('HDEL', K.slots, field)
     count('swept')
   end
+end
+
+-- A slot whose holder dedupkit admitted less than gc_min_age ago is passed over without a
+-- command: its id ends with the admission's microseconds (generate_job_id, the client's
+-- clock; one more than an hour ahead is not trusted), it has most likely not ended, and
+-- the next walk, gc_min_age later at the soonest, looks at it. Other ids are checked.
+local function young(holder)
+  local t = tonumber(string.match(holder, '_(%d+)$'))
+  return t ~= nil and t / 1000000 > now - gc_min_age and t / 1000000 < now + 3600
 end
 
 -- The budget grows with the batch (up to 100 slots a call), so a scheduler that only
@@ -357,7 +367,9 @@ if budget > 0 then
     local entries = page[2]
     local upto = math.min(#entries / 2, skip + budget)
     for j = skip + 1, upto do
-      pcall(collect, entries[2 * j - 1])  -- a damaged slot is left for the next walk
+      if not young(entries[2 * j]) then
+        pcall(collect, entries[2 * j - 1])  -- a damaged slot is left for the next walk
+      end
     end
     if upto < #entries / 2 then
       skip = upto
