@@ -10,6 +10,10 @@ Scenarios, interleaved, each alone between CONFIG RESETSTAT and a commandstats r
                    request's ~60 arguments to Lua
   helpers_only     ``_common.lua`` then ``return 1``, same payload: that plus defining
                    the shared helpers (what every dedupkit script pays before its work)
+  minimal_dedup    the least any one-script deduplicating enqueue can do, sent admit_new's
+                   payload: HGET the slot; free: HSET the job hash, SADD rq:queues, RPUSH,
+                   HSET the slot (no clock, no collision check, no look at whether the
+                   holder is still pending: not a correct deduplicator, a floor)
   admit_new        enqueue() of a fresh key (admitted)
   admit_conflict   enqueue() of a key whose job is queued (conflict)
   admit_batch_500  enqueue_many() of 500 fresh keys: one script call
@@ -34,8 +38,24 @@ from dedupkit.scripts import source
 from . import _common as c
 from .jobs import process
 
-SCENARIOS = ("trivial", "payload_only", "helpers_only", "admit_new", "admit_conflict", "admit_batch_500",
-             "status_pending", "status_free", "cancel_queued", "rq_enqueue")
+SCENARIOS = ("trivial", "payload_only", "helpers_only", "minimal_dedup", "admit_new", "admit_conflict",
+             "admit_batch_500", "status_pending", "status_free", "cancel_queued", "rq_enqueue")
+
+
+# admit.lua's layout (dedupkit.protocol.ADMIT): KEYS slots=1, queue=5, queues=6, the job
+# hash after the 13 fixed keys; ARGV: 11 fixed, then per request 8 fields and the pairs.
+MINIMAL_DEDUP = """
+local pos = 12
+local field, job_id, nfields = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 7])
+if redis.call('HGET', KEYS[1], field) then
+  return 0
+end
+redis.call('HSET', KEYS[14], unpack(ARGV, pos + 8, pos + 7 + 2 * nfields))
+redis.call('SADD', KEYS[6], KEYS[5])
+redis.call('RPUSH', KEYS[5], job_id)
+redis.call('HSET', KEYS[1], field, job_id)
+return 1
+"""
 
 
 class Scenario:
@@ -43,6 +63,7 @@ class Scenario:
         self.conn, self.dedup, self.queue = conn, dedup, queue
         self.trivial = conn.register_script("return 1")
         self.helpers = conn.register_script(source("_common.lua") + "\nreturn 1")
+        self.minimal = conn.register_script(MINIMAL_DEDUP)
         self.seq = 0
 
     def payload(self, key: str) -> tuple[list[str], list[Any]]:
@@ -60,8 +81,8 @@ class Scenario:
         it = iter(range(n))
         if name == "trivial":
             return lambda: self.trivial()
-        if name in ("payload_only", "helpers_only"):
-            script = self.trivial if name == "payload_only" else self.helpers
+        if name in ("payload_only", "helpers_only", "minimal_dedup"):
+            script = {"payload_only": self.trivial, "helpers_only": self.helpers, "minimal_dedup": self.minimal}[name]
             payloads = iter([self.payload(f"{tag}p{i}") for i in range(n)])
 
             def send() -> object:
@@ -164,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "admit_new_vs_rq_enqueue": c.ratio(med["admit_new"], rq_usec),
         "admit_batch_per_request_vs_rq_enqueue": c.ratio(med["admit_batch_500"] / 500, rq_usec),
         "admit_new_share_payload_only": c.ratio(med["payload_only"], med["admit_new"]),
+        "minimal_dedup_vs_rq_enqueue": c.ratio(med["minimal_dedup"], rq_usec),
         "admit_new_share_helpers_only": c.ratio(med["helpers_only"], med["admit_new"]),
     }
     targets = {"admit_new_le_1.5x_rq_enqueue": ratios["admit_new_vs_rq_enqueue"] <= 1.5,
