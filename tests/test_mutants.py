@@ -254,6 +254,17 @@ def test_gc_leaves_slots_checked_less_than_min_age_ago(queue: Queue) -> None:
     assert queue.connection.hlen(dedup.keys.slots) == 3 and "swept" not in dedup.stats()
 
 
+def test_gc_starts_a_new_walk_only_gc_min_age_after_the_last(queue: Queue) -> None:
+    conn = queue.connection
+    dedup = Deduplicator(queue, gc_budget=5, gc_min_age=60)
+    conn.hset(dedup.keys.slots, _field("x"), "job_x_1")  # ids of long ago, their jobs gone
+    dedup.enqueue("a", TASK, "x")  # the walk: x collected, a young; the walk ends
+    assert dedup.stats()["swept"] == 1
+    conn.hset(dedup.keys.slots, _field("y"), "job_y_1")
+    dedup.enqueue("b", TASK, "x")  # the last walk started just now: none starts
+    assert conn.hexists(dedup.keys.slots, _field("y")) and dedup.stats()["swept"] == 1
+
+
 def test_gc_passes_over_slots_admitted_less_than_min_age_ago(queue: Queue) -> None:
     conn = queue.connection
     dedup = Deduplicator(queue, gc_budget=5, gc_min_age=60)
