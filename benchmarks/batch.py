@@ -12,13 +12,17 @@ batches of 10,000) and a second tick over the same keys, which are all pending: 
 the Scheduler's precheck (the default), then on a flushed db without it (every job built,
 the script answers each conflict). For scale, RQ's own ``Queue.enqueue_many`` then writes
 the same number of jobs, in the same batches, with no dedup and no scheduler: what one
-process of RQ itself takes to put that many jobs in Redis. ``--tick-only`` runs just the
-ticks and writes ``batch_tick.{md,json}``.
+process of RQ itself takes to put that many jobs in Redis. With ``--tick-processes N``
+(N > 1) the two ticks with the precheck run again split over N processes, each a
+``Scheduler`` of its own name over its shard of the keys (``shard_of(key, N)``), started
+together: the wall time is from the first start to the last end. ``--tick-only`` runs
+just the ticks and writes ``batch_tick.{md,json}``.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import resource
 import time
 from collections.abc import Iterator
@@ -27,7 +31,7 @@ from typing import Any
 from rq import Queue
 
 from dedupkit import Deduplicator, EnqueueRequest
-from dedupkit.scheduler import ScheduleEntry, Scheduler
+from dedupkit.scheduler import ScheduleEntry, Scheduler, shard_of
 
 from . import _common as c
 from .jobs import process
@@ -76,22 +80,63 @@ def run_rq(queue: Queue, n: int) -> dict[str, float]:
     return {"adm_s": n / wall, "wall_s": wall}
 
 
-def tick(dedup: Deduplicator, keys: int, precheck: bool) -> dict[str, Any]:
-    """One ``Scheduler`` tick over ``keys`` overdue keys in batches of TICK_CHUNK, with or
-    without its precheck (a status read per batch; jobs built only for keys read as free).
-    Each key's log line is made at INFO into a discarding handler, as in scheduler_tick."""
-    conn = dedup.connection
+def _quiet_log() -> logging.Logger:
     log = logging.getLogger("benchmarks.batch.tick")
     log.propagate = False
     if not log.handlers:
         log.addHandler(logging.NullHandler())
     log.setLevel(logging.INFO)
+    return log
+
+
+def _shard_tick(url: str, shard: int, shards: int, keys: int, start_at: float) -> dict[str, Any]:
+    """One process of a sharded tick: a Scheduler named after its shard, over the keys
+    ``shard_of`` gives it, started at ``start_at`` (time.time) with the others."""
+    conn = c.connect(url)
+    dedup = Deduplicator(Queue("bench", connection=conn))
+
+    def source() -> Iterator[ScheduleEntry]:
+        return (ScheduleEntry(f"tick{i}", None, process, (i,)) for i in range(keys)
+                if shard_of(f"tick{i}", shards) == shard)
+
+    sched = Scheduler(dedup, source, interval=60, batch_size=TICK_CHUNK, leader_lease=False, name=f"shard{shard}",
+                      log=_quiet_log())
+    time.sleep(max(0.0, start_at - time.time()))
+    began = time.time()
+    result = sched.tick()
+    ended = time.time()
+    conn.close()
+    assert result.ok and result.errors == 0, result
+    return {"began": began, "ended": ended, "admitted": result.admitted, "conflicts": result.skipped}
+
+
+def sharded_tick(url: str, keys: int, shards: int) -> dict[str, Any]:
+    """A tick over ``keys`` keys split over ``shards`` processes (spawned, then started together)."""
+    conn = c.connect(url)
+    usec0, _ = evalsha_usec(conn)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(shards) as pool:
+        start_at = time.time() + 3.0  # after every process has imported and connected
+        parts = pool.starmap(_shard_tick, [(url, i, shards, keys, start_at) for i in range(shards)])
+    usec1, _ = evalsha_usec(conn)
+    conn.close()
+    wall = max(p["ended"] for p in parts) - min(p["began"] for p in parts)
+    return {"keys": keys, "precheck": True, "processes": shards, "wall_s": wall, "per_s": keys / wall,
+            "admitted": sum(p["admitted"] for p in parts), "conflicts": sum(p["conflicts"] for p in parts),
+            "server_s": (usec1 - usec0) / 1e6}
+
+
+def tick(dedup: Deduplicator, keys: int, precheck: bool) -> dict[str, Any]:
+    """One ``Scheduler`` tick over ``keys`` overdue keys in batches of TICK_CHUNK, with or
+    without its precheck (a status read per batch; jobs built only for keys read as free).
+    Each key's log line is made at INFO into a discarding handler, as in scheduler_tick."""
+    conn = dedup.connection
 
     def source() -> Iterator[ScheduleEntry]:
         return (ScheduleEntry(f"tick{i}", None, process, (i,)) for i in range(keys))
 
     sched = Scheduler(dedup, source, interval=60, batch_size=TICK_CHUNK, leader_lease=False, precheck=precheck,
-                      log=log)
+                      log=_quiet_log())
     usec0, _ = evalsha_usec(conn)
     result = sched.tick()
     usec1, _ = evalsha_usec(conn)
@@ -116,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--tick-keys", type=int, default=None, help="keys per tick (default 1M; 2k quick)")
     p.add_argument("--tick-only", action="store_true", help="only the scheduler ticks (batch_tick.md)")
+    p.add_argument("--tick-processes", type=int, default=1, help="also run the ticks split over N processes")
     args = p.parse_args(argv)
     sizes = SIZES_QUICK if args.quick else SIZES_FULL
     reps = c.repeats(args)
@@ -138,6 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             conn.flushdb()
             ticks_run += [tick(dedup, tick_keys, precheck), tick(dedup, tick_keys, precheck)]
             mem = max(mem, conn.info("memory")["used_memory"])
+        sharded: list[dict[str, Any]] = []
+        if args.tick_processes > 1:
+            conn.flushdb()
+            sharded = [sharded_tick(url, tick_keys, args.tick_processes) for _ in range(2)]
         rq_tick = rq_alone(queue, tick_keys)
         conn.flushdb()
         conn.close()
@@ -159,12 +209,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ticks = [[f"{'first (all admitted)' if i % 2 == 0 else 'second (all pending)'}, "
               f"{'precheck' if t['precheck'] else 'no precheck'}", t["keys"], t["per_s"], t["admitted"],
               t["conflicts"], t["wall_s"], t["server_s"]] for i, t in enumerate(ticks_run)]
+    ticks += [[f"{'first (all admitted)' if i % 2 == 0 else 'second (all pending)'}, precheck, "
+               f"{t['processes']} processes", t["keys"], t["per_s"], t["admitted"], t["conflicts"], t["wall_s"],
+               t["server_s"]] for i, t in enumerate(sharded)]
     ticks.append(["RQ's own enqueue_many, same jobs, same batches (no dedup, no scheduler)", rq_tick["keys"],
                   rq_tick["per_s"], rq_tick["keys"], "-", rq_tick["wall_s"], "-"])
     best = max((summary[str(n)]["adm_s"]["median"] for n in summary), default=0.0)
     t_first = ticks_run[0]
     targets = {"ge_25000_adm_s_one_process": best >= 25_000 and t_first["per_s"] >= 25_000,
                "tick_under_60_s": all(t["wall_s"] < 60 for t in ticks_run[:2]) and tick_keys >= 1_000_000}
+    if sharded:
+        targets[f"tick_under_60_s_{args.tick_processes}_processes"] = (all(t["wall_s"] < 60 for t in sharded)
+                                                                       and tick_keys >= 1_000_000)
     if args.tick_only:
         del targets["ge_25000_adm_s_one_process"]
     batch_text = "" if args.tick_only else (
@@ -180,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + f"\n\nRedis used_memory after the ticks: {mem / 2**20:,.0f} MiB; client peak RSS {rss_gib:.2f} GiB\n\n"
             + c.table(["target", "met"], [[k, "yes" if v else "no"] for k, v in targets.items()]))
     data = {"machine": machine, "repeat": reps, "sizes": sizes, "summary": summary, "runs": runs,
-            "ticks": ticks_run, "rq_enqueue_many_same_jobs": rq_tick,
+            "ticks": ticks_run, "sharded_ticks": sharded, "rq_enqueue_many_same_jobs": rq_tick,
             "redis_used_memory": mem, "client_peak_rss_gib": rss_gib, "targets": targets}
     c.write(args, "batch_tick" if args.tick_only else "batch", data, text)
     return data

@@ -20,7 +20,7 @@ from .errors import (
 )
 from .keys import Key, decode_key, encode_key, generate_job_id, parse_job_id
 from .models import Admission, EnqueueRequest, JobState, LastRun, OnConflict, RequeueResult, SlotStatus
-from .scheduler import ScheduleEntry, Scheduler, TickResult
+from .scheduler import ScheduleEntry, Scheduler, TickResult, shard_of
 
 __all__ = [
     "Admission",
@@ -48,5 +48,6 @@ __all__ = [
     "encode_key",
     "generate_job_id",
     "parse_job_id",
+    "shard_of",
 ]
 __version__ = "0.1.0"

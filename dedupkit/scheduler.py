@@ -19,6 +19,12 @@ Several replicas may run at once. Admission is atomic, so the one-job-per-key gu
 never depends on which replica ticks; a Redis lease only keeps the replicas from all
 doing the full work. One replica leads; if it dies its lease (interval / 2) expires and
 another takes over within one interval (at most 2/3 of it, for intervals of 1 s or more).
+
+A tick too big for one process (a million admissions is about RQ's own ``enqueue_many``
+time for as many jobs) can be split: run N schedulers, each with its own ``name`` (so
+each leads its own lease) and a source that yields only its shard of the keys,
+``shard_of(key, N) == i``. The shards never share a key, and if they did, admission would
+still let one job in per key.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import logging
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -97,6 +104,16 @@ class TickResult:
 
 
 EntrySource = Callable[[], Iterable[ScheduleEntry]]
+
+
+def shard_of(key: Key, shards: int) -> int:
+    """Which of ``shards`` schedulers owns ``key``: 0 .. shards - 1, the same in every
+    process and Python run (CRC-32 of the normalized key, not ``hash``). 123 and "123" are
+    one key, as everywhere in dedupkit. Raises InvalidKeyError for a key dedupkit refuses
+    and ValueError for a ``shards`` that is not a positive int."""
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be a positive int, not {shards!r}")
+    return zlib.crc32(normalize_key(key).encode("utf-8")) % shards
 
 
 def _valid_key(key: Key) -> bool:
@@ -454,4 +471,4 @@ class Scheduler:
         return old
 
 
-__all__ = ["EntrySource", "ScheduleEntry", "Scheduler", "TickResult"]
+__all__ = ["EntrySource", "ScheduleEntry", "Scheduler", "TickResult", "shard_of"]

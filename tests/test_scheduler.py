@@ -12,8 +12,8 @@ import pytest
 import redis
 from rq import Queue
 
-from dedupkit import Deduplicator
-from dedupkit.scheduler import ScheduleEntry, Scheduler
+from dedupkit import Deduplicator, InvalidKeyError
+from dedupkit.scheduler import ScheduleEntry, Scheduler, shard_of
 
 from .snapshot import violations
 from .support import RedisServer, wait_for
@@ -67,6 +67,30 @@ def test_tick_admits_each_user_once_in_batches(rqueue: Queue, monkeypatch: pytes
     assert rqueue.scheduled_job_registry.count == N // 2
     assert all(dedup.status(uid).has_scheduled_job for uid in range(0, 20, 2))
     assert all(dedup.status(uid).has_queued_job for uid in range(1, 20, 2))
+
+
+def test_shard_of_is_stable_total_and_checks_its_input() -> None:
+    # CRC-32 of the normalized key's UTF-8: the same in every process and Python run.
+    assert [shard_of(k, 4) for k in ("u1", "u2", "ü", 123)] == [2, 0, 1, 2]
+    assert shard_of(123, 7) == shard_of("123", 7) and shard_of("anything", 1) == 0
+    assert {shard_of(f"u{i}", 3) for i in range(100)} == {0, 1, 2}
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="shards"):
+            shard_of("u", bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidKeyError):
+        shard_of("", 2)
+
+
+def test_sharded_schedulers_admit_each_user_once(rqueue: Queue) -> None:
+    shards = 3
+    results = [Scheduler(Deduplicator(rqueue), lambda i=i: [e for e in entries(N) if shard_of(e.key, shards) == i],
+                         interval=60, name=f"shard{i}").tick() for i in range(shards)]
+    assert all(r.ok for r in results) and sum(r.admitted for r in results) == N
+    assert all(r.admitted > N // 5 for r in results)
+    ids = pending_ids(rqueue)
+    assert len(ids) == N and len({key_of(i) for i in ids}) == N
+    again = Scheduler(Deduplicator(rqueue), lambda: entries(N), interval=60, name="all").tick()
+    assert (again.admitted, again.skipped) == (0, N)
 
 
 def test_second_tick_skips_every_pending_user_with_the_log_line(rqueue: Queue,
