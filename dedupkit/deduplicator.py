@@ -217,7 +217,8 @@ class Deduplicator(DedupCore):
         """Delete every slot whose job has ended, ``batch_size`` slots per script call.
 
         Admissions already collect such slots a few at a time; this is for operators.
-        Returns how many were deleted.
+        Returns how many were deleted. Also deletes the gc zset ``<ns>:gc:<q>`` an
+        earlier dedupkit kept, if there is one (nothing reads it now).
         """
         return operators.sweep(self, batch_size)
 

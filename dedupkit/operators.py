@@ -16,7 +16,7 @@ from rq.utils import utcformat
 
 from . import legacy, protocol, scripts, sizes
 from .errors import DedupkitError, InvalidRequestError
-from .keys import decode_key, encode_key
+from .keys import decode_key, encode_key, namespace_base
 from .models import SlotStatus
 
 if TYPE_CHECKING:
@@ -36,9 +36,25 @@ def slots(dedup: Deduplicator, cursor: int = 0, count: int = 100) -> tuple[int, 
                          for key, (_, job_id), status in zip(keys, items, statuses, strict=True)]
 
 
+def drop_old_gc_index(dedup: Deduplicator) -> int:
+    """Delete the gc zset ``<ns>:gc:<q>`` an earlier dedupkit kept (one member per slot;
+    nothing reads it since the gc walks the slots hash). Returns how many members it had."""
+    key = f"{namespace_base(dedup.queue, dedup.namespace)}:gc:{dedup.queue.name}"
+    conn = dedup.connection
+    with scripts.redis_errors():
+        if conn.type(key) not in (b"zset", "zset"):
+            return 0
+        members = int(conn.zcard(key))
+        conn.delete(key)
+    logger.info("Deleted %s, the gc index of an earlier dedupkit version (%d members): nothing reads it now",
+                key, members)
+    return members
+
+
 def sweep(dedup: Deduplicator, batch_size: int = 100) -> int:
     """See ``Deduplicator.sweep``."""
     k, contract = dedup.keys, protocol.SWEEP
+    drop_old_gc_index(dedup)
     deleted, cursor = 0, 0
     while True:
         with scripts.redis_errors():

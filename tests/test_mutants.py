@@ -297,6 +297,18 @@ def test_sweep_counts_slots_and_forgets_them(dedup: Deduplicator, queue: Queue) 
     assert _last(dedup, "b")[1] == "finished"
 
 
+def test_sweep_deletes_the_gc_zset_of_an_earlier_version(dedup: Deduplicator, queue: Queue) -> None:
+    conn = queue.connection
+    old = f"{dedup.namespace}:gc:{queue.name}"
+    conn.zadd(old, {_field("a"): 1.0, _field("b"): 2.0})
+    conn.set(f"{dedup.namespace}:gc:other", "not ours to judge")
+    dedup.sweep()
+    assert not conn.exists(old) and conn.get(f"{dedup.namespace}:gc:other") == b"not ours to judge"
+    conn.set(old, "a string there is not the old index")
+    dedup.sweep()
+    assert conn.get(old) == b"a string there is not the old index"
+
+
 def test_cancel_frees_the_slot_and_forgets_it(dedup: Deduplicator, queue: Queue) -> None:
     conn = queue.connection
     adm = dedup.enqueue("u", TASK, "x")
