@@ -23,8 +23,8 @@
 -- budget plus one per request (a request adds at most one record): bounded history.
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>, field = encoded dedup key, value = job id
--- KEYS[2]  gc cursor        <ns>:gcpos:<q>, string "<HSCAN cursor> <skip> <walk start>": where gc's
---                           walk through the slots hash stands (see the gc below)
+-- KEYS[2]  gc cursor        <ns>:gcpos:<q>, string "<w|d> <HSCAN cursor> <skip> <walk start>":
+--                           where gc's walk through the slots hash stands (see the gc below)
 -- KEYS[3]  stats hash       <ns>:stats:<q>, decision -> count
 -- KEYS[4]  followups hash   <ns>:followups:<q>, field = encoded key, value = follow-up id
 -- KEYS[5]  queue list       rq:queue:<q>
@@ -320,9 +320,9 @@ end
 
 -- Incremental garbage collection of slots whose job has ended: a walk through the slots
 -- hash with HSCAN, a fixed budget per call, so no call ever scans the whole hash. KEYS[2]
--- keeps where the walk stands: the HSCAN cursor, how many entries of that cursor's page
--- were already checked (a page may hold more than the budget: a small hash answers whole),
--- and when this walk started. A new walk starts no sooner than gc_min_age seconds after
+-- keeps where the walk stands: walking ('w') or done ('d'), the HSCAN cursor, how many
+-- entries of that cursor's page were already checked (a page may hold more than the
+-- budget: a small hash answers whole), and when this walk started. A new walk starts no sooner than gc_min_age seconds after
 -- the last one did, so a slot is checked about once per gc_min_age at most, and not in
 -- its first gc_min_age (young, below). The walk may
 -- miss or repeat a slot when the hash changes under it; the next walk sees it. Housekeeping
@@ -335,7 +335,9 @@ local function collect(field)
     end
     redis.call('HDEL', K.slots, field)
     count('swept')
+    return 1
   end
+  return 0
 end
 
 -- A slot whose holder dedupkit admitted less than gc_min_age ago is passed over without a
@@ -352,31 +354,33 @@ end
 local budget = math.min(gc_budget * n, math.max(gc_budget, 100))
 if budget > 0 then
   pcall(function()
-    local cursor, skip, started = string.match(redis.call('GET', gc_key) or '', '^(%d+) (%d+) (%S+)$')
-    skip, started = tonumber(skip) or 0, tonumber(started)
-    if not cursor or not started then
-      cursor, skip, started = '0', 0, nil
-    end
-    if cursor == '0' and skip == 0 then
-      if started and now - started < gc_min_age then
+    local state, cursor, skip, started = string.match(redis.call('GET', gc_key) or '', '^([wd]) (%d+) (%d+) (%S+)$')
+    skip, started = tonumber(skip), tonumber(started)
+    if state ~= 'w' or not skip or not started then
+      if state == 'd' and started and now - started < gc_min_age then
         return  -- the last walk started less than gc_min_age ago
       end
-      started = now
+      cursor, skip, started = '0', 0, now  -- a new walk
     end
     local page = redis.call('HSCAN', K.slots, cursor, 'COUNT', budget)
     local entries = page[2]
-    local upto = math.min(#entries / 2, skip + budget)
+    local upto, removed = math.min(#entries / 2, skip + budget), 0
     for j = skip + 1, upto do
       if not young(entries[2 * j]) then
-        pcall(collect, entries[2 * j - 1])  -- a damaged slot is left for the next walk
+        local ok, gone = pcall(collect, entries[2 * j - 1])  -- a damaged slot is left for the next walk
+        removed = removed + ((ok and gone) or 0)
       end
     end
+    state = 'w'
     if upto < #entries / 2 then
-      skip = upto
+      skip = upto - removed  -- the page, read again from the same cursor, lacks what went
     else
       cursor, skip = page[1], 0
+      if cursor == '0' then
+        state = 'd'  -- the walk is over
+      end
     end
-    redis.call('SET', gc_key, cursor .. ' ' .. skip .. ' ' .. string.format('%.6f', started))
+    redis.call('SET', gc_key, state .. ' ' .. cursor .. ' ' .. skip .. ' ' .. string.format('%.6f', started))
   end)
 end
 
