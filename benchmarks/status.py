@@ -31,9 +31,9 @@ DEPTHS_QUICK = (0, 1_000)
 FILL_CHUNK = 20_000
 
 # Writes other jobs as the scripts and RQ would leave them: job hash, queue entry or
-# scheduled entry, dedupkit slot and gc entry. Server-side, so a million takes seconds.
+# scheduled entry, dedupkit slot. Server-side, so a million takes seconds.
 FILL_LUA = """
-local slots, gc, queue, scheduled, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local slots, queue, scheduled, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job_prefix, first, last, origin, future = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 -- job ids unique per queue: the job hashes of all queues share one key space
 redis.call('SADD', queues, queue)
@@ -48,7 +48,6 @@ for i = first, last do
     redis.call('ZADD', scheduled, future, id)
   end
   redis.call('HSET', slots, 'filler' .. i, id)
-  redis.call('ZADD', gc, 0, 'filler' .. i)
 end
 return last - first + 1
 """
@@ -60,7 +59,7 @@ def fill(conn: redis.Redis, dedup: Deduplicator, have: int, want: int) -> None:
     future = int(time.time()) + 365 * 86400
     for start in range(have, want, FILL_CHUNK):
         last = min(want, start + FILL_CHUNK) - 1
-        script(keys=[k.slots, k.gc, k.queue, k.scheduled, k.queues],
+        script(keys=[k.slots, k.queue, k.scheduled, k.queues],
                args=[k.job_prefix, start, last, dedup.queue.name, future])
 
 
