@@ -268,6 +268,20 @@ def test_gc_walk_reads_a_small_hash_again_without_skipping_what_it_deleted(queue
     assert conn.hkeys(dedup.keys.slots) == [_field("z").encode()] and dedup.stats()["swept"] == 4
 
 
+def test_gc_walk_goes_past_a_small_hash_s_first_slots_it_keeps(queue: Queue) -> None:
+    conn = queue.connection
+    dedup = Deduplicator(queue, gc_budget=2, gc_min_age=60)
+    dedup.enqueue("p1", TASK, "x")
+    dedup.enqueue("p2", TASK, "x")  # pending, and young: passed over
+    for k in ("k1", "k2"):
+        conn.hset(dedup.keys.slots, _field(k), f"job_{k}_1")  # ids of long ago, their jobs gone
+    conn.delete(dedup.keys.gc)  # the walk starts at the next call
+    dedup.enqueue("z", TASK, "x")
+    dedup.enqueue("z", TASK, "x")  # a small hash answers whole: the second call goes on past p1, p2
+    assert dedup.stats()["swept"] == 2
+    assert sorted(conn.hkeys(dedup.keys.slots)) == sorted(_field(k).encode() for k in ("p1", "p2", "z"))
+
+
 def test_gc_starts_a_new_walk_only_gc_min_age_after_the_last(queue: Queue) -> None:
     conn = queue.connection
     dedup = Deduplicator(queue, gc_budget=5, gc_min_age=60)
