@@ -22,7 +22,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 
 from . import protocol, server
-from .admission import Prepared, Templates, prepare, to_admission
+from .admission import Prepared, Templates, prepare, rq_timestamp, to_admission
 from .errors import DedupkitError, EvictionPolicyError, InvalidRequestError, RedisRefusedError, ScriptError
 from .keys import Key, KeySpace, RateLimitRegistry, encode_key, normalize_key, validate_prefix
 from .models import Admission, EnqueueRequest, JobState, SlotStatus
@@ -139,7 +139,7 @@ class DedupCore:
         k, call = self.keys, self._admit_call
         keys = call.key_list([k.job_key(p.job.id) for p in batch])
         args = call.arg_list({"n": len(batch), "gc_budget": self.gc_budget, "gc_min_age": self.gc_min_age,
-                              "due_margin": self.due_margin, "now_text": utcformat(rq_now()),
+                              "due_margin": self.due_margin, "now_text": rq_timestamp(rq_now()),
                               "retention": self.retention.total_seconds()})
         for p in batch:
             args += p.argv()
