@@ -15,6 +15,9 @@ Scenarios, interleaved, each alone between CONFIG RESETSTAT and a commandstats r
                    HSET the slot (no clock, no collision check, no look at whether the
                    holder is still pending: not a correct deduplicator, a floor)
   admit_new        enqueue() of a fresh key (admitted)
+  admit_no_housekeeping  admit.lua as shipped but cut before its housekeeping (the gc walk,
+                   the history trim, the counters), sent admit_new's payload: what the
+                   per-call housekeeping costs, by difference
   admit_conflict   enqueue() of a key whose job is queued (conflict)
   admit_batch_500  enqueue_many() of 500 fresh keys: one script call
   status_pending   status() of a key whose job is queued
@@ -38,7 +41,8 @@ from dedupkit.scripts import source
 from . import _common as c
 from .jobs import process
 
-SCENARIOS = ("trivial", "payload_only", "helpers_only", "minimal_dedup", "admit_new", "admit_conflict",
+SCENARIOS = ("trivial", "payload_only", "helpers_only", "minimal_dedup", "admit_no_housekeeping", "admit_new",
+             "admit_conflict",
              "admit_batch_500", "status_pending", "status_free", "cancel_queued", "rq_enqueue")
 
 
@@ -64,6 +68,9 @@ class Scenario:
         self.trivial = conn.register_script("return 1")
         self.helpers = conn.register_script(source("_common.lua") + "\nreturn 1")
         self.minimal = conn.register_script(MINIMAL_DEDUP)
+        admit = source("admit.lua")
+        cut = admit.index("-- Incremental garbage collection")
+        self.no_housekeeping = conn.register_script(source("_common.lua") + "\n" + admit[:cut] + "return replies\n")
         self.seq = 0
 
     def payload(self, key: str) -> tuple[list[str], list[Any]]:
@@ -81,8 +88,9 @@ class Scenario:
         it = iter(range(n))
         if name == "trivial":
             return lambda: self.trivial()
-        if name in ("payload_only", "helpers_only", "minimal_dedup"):
-            script = {"payload_only": self.trivial, "helpers_only": self.helpers, "minimal_dedup": self.minimal}[name]
+        if name in ("payload_only", "helpers_only", "minimal_dedup", "admit_no_housekeeping"):
+            script = {"payload_only": self.trivial, "helpers_only": self.helpers, "minimal_dedup": self.minimal,
+                      "admit_no_housekeeping": self.no_housekeeping}[name]
             payloads = iter([self.payload(f"{tag}p{i}") for i in range(n)])
 
             def send() -> object:
@@ -186,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "admit_batch_per_request_vs_rq_enqueue": c.ratio(med["admit_batch_500"] / 500, rq_usec),
         "admit_new_share_payload_only": c.ratio(med["payload_only"], med["admit_new"]),
         "minimal_dedup_vs_rq_enqueue": c.ratio(med["minimal_dedup"], rq_usec),
+        "admit_no_housekeeping_vs_rq_enqueue": c.ratio(med["admit_no_housekeeping"], rq_usec),
+        "admit_new_share_housekeeping": c.ratio(med["admit_new"] - med["admit_no_housekeeping"], med["admit_new"]),
         "admit_new_share_helpers_only": c.ratio(med["helpers_only"], med["admit_new"]),
     }
     targets = {"admit_new_le_1.5x_rq_enqueue": ratios["admit_new_vs_rq_enqueue"] <= 1.5,
