@@ -421,6 +421,35 @@ def test_rqs_intermediate_cleanup_retrying_a_stuck_job_keeps_the_key(dedup: Dedu
     assert status.state is JobState.SCHEDULED and status.job_id == adm.job_id
 
 
+@pytest.mark.xfail(strict=True, reason="open window: RQ's intermediate cleanup fails a job its live worker has "
+                   "just dequeued (stale first-seen key); from RQ's data it reads failed for good (README)")
+def test_rqs_intermediate_cleanup_failing_a_job_its_worker_just_dequeued_keeps_the_key(
+        dedup: Deduplicator, queue: Queue) -> None:
+    """RQ's IntermediateQueue.cleanup (2.10 and 3.0) keeps an id's first-seen key for 24 h
+    after it handled the id (``remove`` only LREMs). A job that was stuck once (its worker
+    died after the dequeue) is retried; when a live worker dequeues it again, a maintenance
+    run before that worker starts it finds the old first-seen time and fails the job. The
+    worker still runs it (its start writes 'started' over 'failed'). Between the two, the
+    key must stay taken; today it is free (the step matrix on RQ 2.10, simple-retry k=49,
+    fits this). Strict xfail: it fails the run the day the window closes or RQ changes."""
+    from rq import Worker
+    from rq.intermediate_queue import IntermediateQueue
+
+    conn = queue.connection
+    inter = IntermediateQueue(queue.key, connection=conn)
+    maintenance = Worker([queue], connection=conn, name="maintenance")
+    adm = dedup.enqueue("u", "tests.tasks.fail", "s", retry=Retry(max=1))
+    _dequeue_into_intermediate(conn, queue)  # a worker dequeues it and dies
+    inter.cleanup(maintenance, queue)  # first seen
+    conn.set(inter.get_first_seen_key(adm.job_id), time.time() - 61)
+    inter.cleanup(maintenance, queue)  # stuck over a minute: RQ retries it
+    assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.QUEUED
+    _dequeue_into_intermediate(conn, queue)  # a live worker dequeues it again ...
+    inter.cleanup(maintenance, queue)  # ... and maintenance runs before the worker starts it
+    assert Job.fetch(adm.job_id, connection=conn).get_status() == JobStatus.FAILED  # RQ's doing
+    assert not dedup.enqueue("u", TASK, "x").admitted, "the worker is about to run the job: the key is taken"
+
+
 def test_a_popped_job_whose_worker_died_after_creating_its_execution_is_not_held_forever(queue: Queue) -> None:
     """The step matrix on RQ 3 (two-queues k=50): the worker LPOPed the id, created the
     execution (a lease in rq:wip), and died before the horse wrote 'started'. RQ 2's
