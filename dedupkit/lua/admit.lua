@@ -18,9 +18,10 @@
 -- 'cooldown' and when the key may run again; a follow_up request is admitted instead as
 -- a job scheduled at that time (note 'cooldown'), which holds the slot while it waits.
 -- Then check up to ARGV[4] slots per request, walking the slots hash with a cursor, and
--- delete those whose job has ended, so slots of finished jobs do not pile up; drop the last-run records
--- of runs that ended more than ARGV[11] seconds ago, the oldest first, as many as gc's
--- budget plus one per request (a request adds at most one record): bounded history.
+-- delete those whose job has ended, so slots of finished jobs do not pile up; drop the
+-- last-run records of runs that ended more than ARGV[11] seconds ago, the oldest first,
+-- as many as gc's budget plus one per request (a request adds at most one record):
+-- bounded history.
 --
 -- KEYS[1]  slots hash       <ns>:slots:<q>, field = encoded dedup key, value = job id
 -- KEYS[2]  gc cursor        <ns>:gcpos:<q>, string "<w|d> <HSCAN cursor> <skip> <walk start>":
@@ -322,11 +323,12 @@ end
 -- hash with HSCAN, a fixed budget per call, so no call ever scans the whole hash. KEYS[2]
 -- keeps where the walk stands: walking ('w') or done ('d'), the HSCAN cursor, how many
 -- entries of that cursor's page were already checked (a page may hold more than the
--- budget: a small hash answers whole), and when this walk started. A new walk starts no sooner than gc_min_age seconds after
--- the last one did, so a slot is checked about once per gc_min_age at most, and not in
--- its first gc_min_age (young, below). The walk may
--- miss or repeat a slot when the hash changes under it; the next walk sees it. Housekeeping
--- runs under pcall: damaged data here must not turn the decisions above into an error reply.
+-- budget: a small hash answers whole), and when this walk started. A new walk starts no
+-- sooner than gc_min_age seconds after the last one did, so a slot is checked about once
+-- per gc_min_age at most, and not in its first gc_min_age (young, below). The walk may
+-- miss or repeat a slot when the hash changes under it; the next walk sees it.
+-- Housekeeping runs under pcall: damaged data here must not turn the decisions above into
+-- an error reply.
 local function collect(field)
   local holder, alive, reason = dk_resolve(K, field, now, true, now_text)
   if not alive then
@@ -354,7 +356,8 @@ end
 local budget = math.min(gc_budget * n, math.max(gc_budget, 100))
 if budget > 0 then
   pcall(function()
-    local state, cursor, skip, started = string.match(redis.call('GET', gc_key) or '', '^([wd]) (%d+) (%d+) (%S+)$')
+    local saved = redis.call('GET', gc_key) or ''
+    local state, cursor, skip, started = string.match(saved, '^([wd]) (%d+) (%d+) (%S+)$')
     skip, started = tonumber(skip), tonumber(started)
     if state ~= 'w' or not skip or not started then
       if state == 'd' and started and now - started < gc_min_age then
